@@ -64,8 +64,15 @@ if [ "${#missing_pkgs[@]}" -gt 0 ]; then
   fi
   log "installing with apt-get: ${missing_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  "${SUDO[@]}" apt-get update -q </dev/null
-  "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing_pkgs[@]}" </dev/null
+  for attempt in 1 2 3; do
+    if "${SUDO[@]}" apt-get update -q </dev/null &&
+      "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing_pkgs[@]}" </dev/null; then
+      break
+    fi
+    if [ "$attempt" = 3 ]; then log "apt-get failed 3 times"; exit 1; fi
+    log "apt-get failed (attempt $attempt), retrying in 5s"
+    sleep 5
+  done
 fi
 
 if [ "$want_docker" = 1 ]; then

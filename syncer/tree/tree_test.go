@@ -1,0 +1,87 @@
+package tree
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/wire"
+)
+
+func TestValidName(t *testing.T) {
+	for _, ok := range []string{"a", "a/b", "a b/c.d", ".hidden", "x..y"} {
+		if err := ValidName(ok); err != nil {
+			t.Errorf("%q rejected: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "/etc/passwd", "..", "../x", "a/../../x", "a/./b", "a//b", "a/", ".", "a\x00b", "a\\b"} {
+		if err := ValidName(bad); !errors.Is(err, ErrBadName) {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+func TestManifestRoundTripAndValidation(t *testing.T) {
+	dir := t.TempDir()
+	must(t, os.MkdirAll(filepath.Join(dir, "d/e"), 0o755))
+	must(t, os.WriteFile(filepath.Join(dir, "d/f"), make([]byte, 3*BlockSize+1), 0o640))
+	must(t, os.Symlink("/etc", filepath.Join(dir, "link")))
+	must(t, os.MkdirAll(filepath.Join(dir, StateDir), 0o755))
+	root, err := os.OpenRoot(dir)
+	must(t, err)
+	defer root.Close()
+	m, err := Scan(context.Background(), root, ScanOptions{})
+	must(t, err)
+	if len(m) != 4 || m["d/f"].Size != 3*BlockSize+1 || len(m["d/f"].Hashes) != 4 || m["link"].Target != "/etc" {
+		t.Fatalf("scan: %+v", m)
+	}
+	var chunks [][]byte
+	must(t, EncodeManifest(Sorted(m), 16, func(b []byte) error { chunks = append(chunks, b); return nil }))
+	var dec ManifestDecoder
+	for _, c := range chunks {
+		must(t, dec.Add(c))
+	}
+	if len(dec.Entries) != 4 || !SameContent(dec.Entries["d/f"], m["d/f"]) {
+		t.Fatalf("decoded %+v", dec.Entries)
+	}
+	for _, bad := range []string{"../escape", "/abs", StateDir + "/x", "nodir/x"} {
+		e := wire.Enc{}
+		AppendEntry(&e, &Entry{Path: bad, Type: TypeDir})
+		var d ManifestDecoder
+		if err := d.Add(e.B); err == nil {
+			t.Errorf("manifest entry %q accepted", bad)
+		}
+	}
+}
+
+func TestApplierConfined(t *testing.T) {
+	dir := t.TempDir()
+	outside := t.TempDir()
+	must(t, os.Symlink(outside, filepath.Join(dir, "esc")))
+	root, err := os.OpenRoot(dir)
+	must(t, err)
+	defer root.Close()
+	a := &Applier{Root: root}
+	must(t, a.Prepare())
+	w, err := a.BeginFile(wire.FileBegin{Path: "esc/pwned", Size: 1, Mode: 0o644, Whole: true})
+	must(t, err)
+	if err := w.Commit(); err == nil {
+		t.Fatal("write through an escaping symlink succeeded")
+	}
+	if err := a.Mkdir(wire.Meta{Path: "esc/d", Mode: 0o755}); err == nil {
+		t.Fatal("mkdir through an escaping symlink succeeded")
+	}
+	ents, _ := os.ReadDir(outside)
+	if len(ents) != 0 {
+		t.Fatalf("escaped: %v", ents)
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}

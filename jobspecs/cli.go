@@ -1,0 +1,148 @@
+package jobspecs
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// Exit statuses of the validate command, so CI can tell a policy violation
+// from input it could not check at all.
+const (
+	ExitClean      = 0 // no errors (warnings may have been printed)
+	ExitErrors     = 1 // at least one jobspec breaks the policy
+	ExitUnreadable = 2 // a file could not be read or parsed, or bad usage
+)
+
+// varFlags collects repeated -var name=value flags.
+type varFlags map[string]string
+
+func (v varFlags) String() string { return "" }
+
+func (v varFlags) Set(s string) error {
+	name, value, ok := strings.Cut(s, "=")
+	if !ok || strings.TrimSpace(name) == "" {
+		return fmt.Errorf("want name=value, got %q", s)
+	}
+	v[strings.TrimSpace(name)] = value
+	return nil
+}
+
+const validateUsage = `Usage: nomad-driver-bedrock validate [-json] [-var name=value]... FILE|DIR...
+
+Checks Nomad jobspecs against Bedrock's placement policy: at least 3
+instances on distinct hosts, one syncer task as a prestart sidecar on a
+declared port, one app task with a data path, and failover-friendly
+restart, update and reschedule settings. A directory stands for the *.hcl
+files in it.
+
+Diagnostics go to stdout as "file:line:col: severity: message; hint: how to
+fix", or as one JSON array with -json. Exit status: 0 no errors, 1 errors,
+2 unreadable input or bad usage.
+
+Flags:
+`
+
+// RunValidate is the `validate` command: it parses its flags from args (the
+// arguments after the command name), validates every named file and prints
+// diagnostics to stdout; usage problems go to stderr. It returns the exit
+// status: [ExitClean], [ExitErrors] or [ExitUnreadable].
+func RunValidate(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	jsonOut := fs.Bool("json", false, "print diagnostics as a JSON array of {file,line,col,severity,message,hint}")
+	vars := varFlags{}
+	fs.Var(vars, "var", "set an input variable, like nomad job run -var (repeatable)")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), validateUsage)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return ExitClean
+		}
+		return ExitUnreadable
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprintln(stderr, "validate: no files given")
+		fs.Usage()
+		return ExitUnreadable
+	}
+
+	paths, all := expandPaths(fs.Args())
+	unreadable := len(all) > 0
+	for _, path := range paths {
+		if err := ctx.Err(); err != nil {
+			fmt.Fprintf(stderr, "validate: %v\n", err)
+			return ExitUnreadable
+		}
+		diags, err := validatePath(path, vars)
+		if err != nil {
+			unreadable = true
+		}
+		all = append(all, diags...)
+	}
+
+	write := all.writeText
+	if *jsonOut {
+		write = all.writeJSON
+	}
+	if err := write(stdout); err != nil {
+		fmt.Fprintf(stderr, "validate: %v\n", err)
+		return ExitUnreadable
+	}
+	switch {
+	case unreadable:
+		return ExitUnreadable
+	case all.HasErrors():
+		return ExitErrors
+	default:
+		return ExitClean
+	}
+}
+
+// expandPaths replaces each directory argument with the *.hcl files in it
+// (sorted). A directory without any yields a diagnostic instead, which makes
+// the run fail as unreadable input.
+func expandPaths(args []string) ([]string, Diagnostics) {
+	var out []string
+	var diags Diagnostics
+	for _, arg := range args {
+		info, err := os.Stat(arg)
+		if err != nil || !info.IsDir() {
+			out = append(out, arg) // validatePath reports the read error
+			continue
+		}
+		matches, err := filepath.Glob(filepath.Join(arg, "*.hcl"))
+		if err != nil || len(matches) == 0 {
+			diags = append(diags, Diagnostic{File: arg, Severity: SeverityError,
+				Message: "cannot read directory: no .hcl files in it", Hint: "name the jobspec files to validate"})
+			continue
+		}
+		sort.Strings(matches)
+		out = append(out, matches...)
+	}
+	return out, diags
+}
+
+// validatePath reads and validates one file. The error is non-nil (wrapping
+// ErrUnreadable) when the file could not be read or parsed.
+func validatePath(path string, vars map[string]string) (Diagnostics, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		msg := "cannot read file"
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			msg += ": " + pe.Err.Error()
+		}
+		d := Diagnostic{File: path, Severity: SeverityError, Message: msg, Hint: "check the path and its permissions"}
+		return Diagnostics{d}, fmt.Errorf("read %s: %w: %w", path, ErrUnreadable, err)
+	}
+	return Validate(path, src, ValidateOptions{Vars: vars})
+}

@@ -1,0 +1,324 @@
+package jobspecs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/nomad/api"
+)
+
+// DriverName is the task driver name the placement policy applies to.
+const DriverName = "bedrock"
+
+// OptOutFlag is the plugin config option that turns runtime refusals into
+// warnings. It exists for labs and single-node trials; the refusal message
+// names it so an operator can find it, and its name says what it costs.
+const OptOutFlag = "allow_unsafe_placement"
+
+// Stable identifiers of the runtime rules, for logs and tests.
+const (
+	RuleCount         = "count"
+	RuleScalingMin    = "scaling-min"
+	RuleDistinctHosts = "distinct-hosts"
+)
+
+// Violation is one way a live job's group breaks the placement policy.
+type Violation struct {
+	Group   string // task group name
+	Rule    string // RuleCount, RuleScalingMin or RuleDistinctHosts
+	Message string // what is wrong
+	Hint    string // what to change in the jobspec
+}
+
+// String formats the violation as "message; hint: hint".
+func (v Violation) String() string { return v.Message + "; hint: " + v.Hint }
+
+// CheckJob applies the placement policy to one group of a job as returned by
+// Nomad's job API: the group must keep at least [MinInstances] instances
+// (count and scaling min) on distinct nodes (a distinct_hosts constraint, or
+// distinct_property on the node's unique id or name, at job or group level).
+// It is pure, so the driver's runtime check and tests share it. It returns nil
+// when the group complies, when it does not exist in job, or when none of its
+// tasks uses the bedrock driver (the policy does not concern it).
+func CheckJob(job *api.Job, group string) []Violation {
+	if job == nil {
+		return nil
+	}
+	tg := findGroup(job, group)
+	if tg == nil || !hasBedrockTask(tg) {
+		return nil
+	}
+	var out []Violation
+	count := 1 // Nomad's default when a jobspec omits count
+	if tg.Count != nil {
+		count = *tg.Count
+	}
+	if count < MinInstances {
+		out = append(out, Violation{Group: group, Rule: RuleCount,
+			Message: fmt.Sprintf("group %q has count = %d, fewer than the %d instances Bedrock needs for failover", group, count, MinInstances),
+			Hint:    fmt.Sprintf("set count = %d or more in the group", MinInstances)})
+	}
+	if tg.Scaling != nil && tg.Scaling.Min != nil && *tg.Scaling.Min < MinInstances {
+		out = append(out, Violation{Group: group, Rule: RuleScalingMin,
+			Message: fmt.Sprintf("group %q has scaling min = %d, which lets it shrink below %d instances", group, *tg.Scaling.Min, MinInstances),
+			Hint:    fmt.Sprintf("set min = %d or more in the group's scaling block", MinInstances)})
+	}
+	if !hasDistinctHosts(job.Constraints) && !hasDistinctHosts(tg.Constraints) {
+		out = append(out, Violation{Group: group, Rule: RuleDistinctHosts,
+			Message: fmt.Sprintf("group %q has no distinct_hosts constraint, so several instances may share a node", group),
+			Hint:    `add constraint { operator = "distinct_hosts" value = "true" } to the group or the job`})
+	}
+	return out
+}
+
+func findGroup(job *api.Job, name string) *api.TaskGroup {
+	for _, tg := range job.TaskGroups {
+		if tg != nil && tg.Name != nil && *tg.Name == name {
+			return tg
+		}
+	}
+	return nil
+}
+
+func hasBedrockTask(tg *api.TaskGroup) bool {
+	for _, t := range tg.Tasks {
+		if t != nil && t.Driver == DriverName {
+			return true
+		}
+	}
+	return false
+}
+
+// hasDistinctHosts reports whether the constraints put every instance on its
+// own node. An empty distinct_hosts value means true, as in Nomad.
+func hasDistinctHosts(cs []*api.Constraint) bool {
+	for _, c := range cs {
+		if c == nil {
+			continue
+		}
+		switch c.Operand {
+		case api.ConstraintDistinctHosts:
+			if c.RTarget == "" {
+				return true
+			}
+			if b, err := strconv.ParseBool(c.RTarget); err == nil && b {
+				return true
+			}
+		case api.ConstraintDistinctProperty:
+			unique := c.LTarget == "${node.unique.id}" || c.LTarget == "${node.unique.name}"
+			if unique && (c.RTarget == "" || c.RTarget == "1") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Verdict is the outcome of a runtime policy check.
+type Verdict int
+
+const (
+	// VerdictUnknown: the job could not be read (API unreachable, job or
+	// group not found, permission denied). The caller starts the task and
+	// emits Decision.Message as a warning task event.
+	VerdictUnknown Verdict = iota
+	// VerdictAllowed: the live job complies.
+	VerdictAllowed
+	// VerdictRefused: the live job breaks the policy. Unless the plugin
+	// config sets OptOutFlag, the caller fails StartTask with an
+	// unrecoverable error carrying Decision.Message.
+	VerdictRefused
+)
+
+// String names the verdict for logs.
+func (v Verdict) String() string {
+	switch v {
+	case VerdictAllowed:
+		return "allowed"
+	case VerdictRefused:
+		return "refused"
+	default:
+		return "unknown"
+	}
+}
+
+// Decision is the result of [Policy.Check].
+type Decision struct {
+	Verdict    Verdict
+	JobVersion uint64      // version of the job that was judged (0 when unknown)
+	Violations []Violation // set when refused
+	// Message is user-facing text for the task event: for a refusal it says
+	// what to change and how to opt out; for an unknown verdict why the
+	// policy could not be checked.
+	Message string
+	Cached  bool // the verdict for this job version came from the cache
+}
+
+// DefaultPolicyTimeout bounds one job read when the caller's context has no
+// deadline, so that a slow API cannot hold up StartTask for long.
+const DefaultPolicyTimeout = 5 * time.Second
+
+// Policy is the driver's runtime placement check: it reads the live job
+// through Nomad's HTTP API and applies [CheckJob]. The job is read on every
+// call, because a task cannot know which job version is current without
+// asking, but the verdict is cached per job version (keyed by namespace, job,
+// group, version and modify index) so repeated starts of the same version are
+// judged once and logged once. A Policy is safe for concurrent use.
+type Policy struct {
+	client  *api.Client
+	logger  hclog.Logger
+	timeout time.Duration
+
+	mu    sync.Mutex
+	cache map[policyKey]policyEntry
+}
+
+type policyKey struct{ namespace, job, group string }
+
+type policyEntry struct {
+	version, modifyIndex uint64
+	decision             Decision
+}
+
+// NewPolicy returns a Policy that reads jobs with client. A nil client makes
+// every check unknown (the policy is then only a warning), and a nil logger
+// discards logs.
+func NewPolicy(client *api.Client, logger hclog.Logger) *Policy {
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	return &Policy{client: client, logger: logger.Named("placement"), timeout: DefaultPolicyTimeout,
+		cache: map[policyKey]policyEntry{}}
+}
+
+// ErrNoNomadAPI is returned by Check when the policy has no API client.
+var ErrNoNomadAPI = errors.New("no Nomad API address configured")
+
+// Check judges group of job jobID in namespace (empty means "default"). The
+// error is non-nil exactly when the verdict is VerdictUnknown; it carries the
+// cause for logs, while Decision.Message is what the task event should say.
+// A refusal is a verdict, not an error.
+func (p *Policy) Check(ctx context.Context, namespace, jobID, group string) (Decision, error) {
+	if namespace == "" {
+		namespace = api.DefaultNamespace
+	}
+	if p == nil || p.client == nil {
+		return unknownDecision(jobID, ErrNoNomadAPI), fmt.Errorf("check placement of job %q: %w", jobID, ErrNoNomadAPI)
+	}
+	if _, ok := ctx.Deadline(); !ok && p.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, p.timeout)
+		defer cancel()
+	}
+	q := (&api.QueryOptions{Namespace: namespace}).WithContext(ctx)
+	job, _, err := p.client.Jobs().Info(jobID, q)
+	if err != nil {
+		err = fmt.Errorf("read job %q in namespace %q: %w", jobID, namespace, err)
+		p.logger.Warn("cannot check placement policy", "job", jobID, "namespace", namespace, "error", err)
+		return unknownDecision(jobID, err), err
+	}
+	version, modifyIndex := derefUint64(job.Version), derefUint64(job.JobModifyIndex)
+	if findGroup(job, group) == nil {
+		err := fmt.Errorf("job %q version %d has no group %q", jobID, version, group)
+		return Decision{Verdict: VerdictUnknown, JobVersion: version,
+			Message: fmt.Sprintf("placement policy not checked: %v (the job changed since this allocation was placed)", err)}, err
+	}
+
+	key := policyKey{namespace: namespace, job: jobID, group: group}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if e, ok := p.cache[key]; ok && e.version == version && e.modifyIndex == modifyIndex {
+		d := e.decision
+		d.Cached = true
+		return d, nil
+	}
+	d := Decision{Verdict: VerdictAllowed, JobVersion: version}
+	if vs := CheckJob(job, group); len(vs) > 0 {
+		d = Decision{Verdict: VerdictRefused, JobVersion: version, Violations: vs, Message: refusalMessage(jobID, version, vs)}
+		p.logger.Warn("placement policy refuses job", "job", jobID, "namespace", namespace, "group", group,
+			"version", version, "violations", len(vs))
+	} else {
+		p.logger.Debug("placement policy allows job", "job", jobID, "namespace", namespace, "group", group, "version", version)
+	}
+	// One entry per job and group: a new version replaces the old one.
+	p.cache[key] = policyEntry{version: version, modifyIndex: modifyIndex, decision: d}
+	return d, nil
+}
+
+// refusalMessage is the task event text of a refusal: what is wrong, what to
+// change, and how to opt out.
+func refusalMessage(jobID string, version uint64, vs []Violation) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "bedrock refuses to start job %q (version %d): ", jobID, version)
+	for i, v := range vs {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		b.WriteString(v.Message)
+	}
+	b.WriteString(". Fix the jobspec: ")
+	for i, v := range vs {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		b.WriteString(v.Hint)
+	}
+	fmt.Fprintf(&b, ". To run it anyway without failover guarantees, set %s = true in the bedrock plugin config of the Nomad client.", OptOutFlag)
+	return b.String()
+}
+
+// unknownDecision explains why the policy could not be checked.
+func unknownDecision(jobID string, err error) Decision {
+	var msg string
+	var ure api.UnexpectedResponseError
+	switch {
+	case errors.Is(err, ErrNoNomadAPI):
+		msg = "placement policy not checked: no Nomad API address is configured; set it in the bedrock plugin config or NOMAD_ADDR in the client agent's environment"
+	case errors.As(err, &ure) && ure.StatusCode() == http.StatusNotFound:
+		msg = fmt.Sprintf("placement policy not checked: the Nomad API does not know job %q", jobID)
+	case errors.As(err, &ure) && ure.StatusCode() == http.StatusForbidden:
+		msg = fmt.Sprintf("placement policy not checked: the Nomad token may not read job %q; give it read-job on the job's namespace", jobID)
+	default:
+		msg = fmt.Sprintf("placement policy not checked: cannot reach the Nomad API (%v)", err)
+	}
+	return Decision{Verdict: VerdictUnknown, Message: msg}
+}
+
+func derefUint64(p *uint64) uint64 {
+	if p == nil {
+		return 0
+	}
+	return *p
+}
+
+// NewAPIClient builds the Nomad API client of the runtime policy. addr and
+// token come from the plugin config and win; otherwise NOMAD_ADDR and
+// NOMAD_TOKEN of the agent's environment apply (TLS settings come from the
+// usual NOMAD_CACERT, NOMAD_CLIENT_CERT, ... variables). It returns (nil, nil)
+// when no address is configured anywhere: the policy is then off rather than
+// guessing a local agent address.
+func NewAPIClient(addr, token string) (*api.Client, error) {
+	if addr == "" && os.Getenv("NOMAD_ADDR") == "" {
+		return nil, nil
+	}
+	cfg := api.DefaultConfig()
+	if addr != "" {
+		cfg.Address = addr
+	}
+	if token != "" {
+		cfg.SecretID = token
+	}
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("nomad API client for %s: %w", cfg.Address, err)
+	}
+	return c, nil
+}

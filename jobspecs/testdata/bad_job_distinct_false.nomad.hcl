@@ -1,0 +1,44 @@
+job "shop" {
+  constraint {
+    distinct_hosts = false
+  }
+
+  group "server" {
+    count = 3
+
+    restart {
+      attempts = 1
+      delay    = "2s"
+      mode     = "fail"
+    }
+
+    network {
+      port "http" {
+        to = 8080
+      }
+      port "sync" {}
+    }
+
+    task "syncer" {
+      driver = "bedrock"
+      lifecycle {
+        hook    = "prestart"
+        sidecar = true
+      }
+      config {
+        syncer {
+          port = "sync"
+        }
+      }
+    }
+
+    task "app" {
+      driver = "bedrock"
+      config {
+        image = "shop:1"
+        ports = ["http"]
+        data  = "/data"
+      }
+    }
+  }
+}

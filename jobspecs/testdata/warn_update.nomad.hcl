@@ -1,0 +1,54 @@
+job "shop" {
+  update {
+    max_parallel     = 2
+    min_healthy_time = "5s"
+  }
+
+  group "server" {
+    count = 3
+
+    update {
+      max_parallel = 0
+    }
+
+    constraint {
+      operator = "distinct_hosts"
+      value    = "true"
+    }
+
+    restart {
+      attempts = 1
+      delay    = "2s"
+      mode     = "fail"
+    }
+
+    network {
+      port "http" {
+        to = 8080
+      }
+      port "sync" {}
+    }
+
+    task "syncer" {
+      driver = "bedrock"
+      lifecycle {
+        hook    = "prestart"
+        sidecar = true
+      }
+      config {
+        syncer {
+          port = "sync"
+        }
+      }
+    }
+
+    task "app" {
+      driver = "bedrock"
+      config {
+        image = "shop:1"
+        ports = ["http"]
+        data  = "/data"
+      }
+    }
+  }
+}

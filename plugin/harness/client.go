@@ -8,11 +8,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hcldec"
-	"github.com/hashicorp/hcl/v2/hclsyntax"
-	"github.com/zclconf/go-cty/cty"
-	ctymsgpack "github.com/zclconf/go-cty/cty/msgpack"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin/hclspec"
@@ -205,27 +201,4 @@ func CheckPluginInfo(info *basepb.PluginInfoResponse) error {
 		return errors.New("plugin has no name")
 	}
 	return nil
-}
-
-// EncodeHCL decodes an HCL body with a plugin's schema and encodes the value
-// as msgpack of its implied type, exactly the bytes a client sends. vars
-// are the variables `${...}` may reference (the task environment).
-func EncodeHCL(spec hcldec.Spec, what, body string, vars map[string]string) ([]byte, error) {
-	f, diags := hclsyntax.ParseConfig([]byte(body), what+".hcl", hcl.InitialPos)
-	if diags.HasErrors() {
-		return nil, fmt.Errorf("%s: %w", what, diags)
-	}
-	ectx := &hcl.EvalContext{Variables: map[string]cty.Value{}}
-	for k, v := range vars {
-		ectx.Variables[k] = cty.StringVal(v)
-	}
-	val, diags := hcldec.Decode(f.Body, spec, ectx)
-	if diags.HasErrors() {
-		return nil, fmt.Errorf("%s: %w", what, diags)
-	}
-	b, err := ctymsgpack.Marshal(val, hcldec.ImpliedType(spec))
-	if err != nil {
-		return nil, fmt.Errorf("%s: msgpack: %w", what, err)
-	}
-	return b, nil
 }

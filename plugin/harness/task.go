@@ -194,6 +194,8 @@ func (c *Client) PrepareTask(dataDir string, s TaskSpec) (*Task, error) {
 				CpuShares:        s.CPU,
 				MemoryLimitBytes: s.MemoryMB * 1024 * 1024,
 				PercentTicks:     float64(s.CPU) / 20000,
+				// The shape a cgroup v1 client sends; drivers must not rely on it.
+				CpusetCgroup: "/sys/fs/cgroup/cpuset/nomad/share",
 			},
 			Ports: ports,
 		},

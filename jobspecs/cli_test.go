@@ -1,0 +1,172 @@
+package jobspecs
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestShippedJobspecsValidateClean keeps every jobspec shipped in this
+// directory free of errors and warnings, and embedded.
+func TestShippedJobspecsValidateClean(t *testing.T) {
+	onDisk, err := filepath.Glob("*.nomad.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	embedded, err := fs.Glob(Shipped(), "*.nomad.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(onDisk, ",") != strings.Join(embedded, ",") {
+		t.Fatalf("embedded jobspecs %v differ from the directory's %v", embedded, onDisk)
+	}
+	for _, want := range []string{"demo.nomad.hcl", "minecraft.nomad.hcl", "gitea.nomad.hcl"} {
+		if !strings.Contains(strings.Join(embedded, ","), want) {
+			t.Errorf("%s is not shipped", want)
+		}
+	}
+	for _, name := range embedded {
+		src, err := fs.ReadFile(Shipped(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		diags, err := Validate(name, src, ValidateOptions{})
+		if err != nil || len(diags) != 0 {
+			t.Errorf("%s does not validate clean (err %v):\n%v", name, err, diags)
+		}
+	}
+}
+
+func TestDemo(t *testing.T) {
+	demo := string(Demo())
+	for _, want := range []string{`image = "bedrock-demo:latest"`, "to = 8080", `data  = "/data"`, "count = 3"} {
+		if !strings.Contains(demo, want) {
+			t.Errorf("demo jobspec lacks %q", want)
+		}
+	}
+}
+
+func TestRunValidate(t *testing.T) {
+	const (
+		count2Line = "testdata/bad_count2.nomad.hcl:3:13: error: count = 2 runs fewer than 3 instances; Bedrock needs at least 3 for failover; hint: set count = 3 or more\n"
+		syntaxLine = "testdata/bad_syntax_token.nomad.hcl:3:13: error: syntax error: Invalid expression; hint: Expected the start of an expression, but found an invalid expression token.\n"
+	)
+	cases := []struct {
+		name       string
+		args       []string
+		code       int
+		stdout     string
+		stderrHas  string
+		stdoutHas  string
+		skipStdout bool
+	}{
+		{name: "clean", args: []string{"testdata/good_minimal.nomad.hcl"}, code: ExitClean},
+		{name: "warnings only", args: []string{"testdata/warn_no_restart.nomad.hcl"}, code: ExitClean,
+			stdout: "testdata/warn_no_restart.nomad.hcl:30:5: warning: no restart block: Nomad's default (2 attempts x 15s delay) can keep a crashed master's app down for 30s before a clone takes over; hint: lower attempts and delay, e.g. restart { attempts = 1 delay = \"2s\" mode = \"fail\" }\n"},
+		{name: "errors", args: []string{"testdata/bad_count2.nomad.hcl", "testdata/good_minimal.nomad.hcl"}, code: ExitErrors, stdout: count2Line},
+		{name: "syntax error", args: []string{"testdata/bad_syntax_token.nomad.hcl"}, code: ExitUnreadable, stdout: syntaxLine},
+		{name: "syntax error wins over errors", args: []string{"testdata/bad_count2.nomad.hcl", "testdata/bad_syntax_token.nomad.hcl"},
+			code: ExitUnreadable, stdout: count2Line + syntaxLine},
+		{name: "missing file", args: []string{"testdata/nope.nomad.hcl"}, code: ExitUnreadable,
+			stdout: "testdata/nope.nomad.hcl: error: cannot read file: no such file or directory; hint: check the path and its permissions\n"},
+		{name: "directory", args: []string{"."}, code: ExitClean},
+		{name: "empty directory", args: []string{t.TempDir()}, code: ExitUnreadable, stdoutHas: "error: cannot read directory: no .hcl files in it"},
+		{name: "var override", args: []string{"-var", "instances=2", "testdata/good_variables.nomad.hcl"}, code: ExitErrors,
+			stdout: "testdata/good_variables.nomad.hcl:19:13: error: count = 2 runs fewer than 3 instances; Bedrock needs at least 3 for failover; hint: set count = 3 or more\n"},
+		{name: "var resolves unknown", args: []string{"-var=instances=4", "-var", "spread_out=true", "-var", "tag=1", "testdata/warn_unknown_values.nomad.hcl"}, code: ExitClean,
+			stdout: "testdata/warn_unknown_values.nomad.hcl:30:19: warning: cannot evaluate lifecycle hook statically; hint: pass the value with -var name=value or use a literal\n"},
+		{name: "bad var", args: []string{"-var", "novalue", "testdata/good_minimal.nomad.hcl"}, code: ExitUnreadable, stderrHas: `want name=value, got "novalue"`},
+		{name: "no files", args: nil, code: ExitUnreadable, stderrHas: "validate: no files given"},
+		{name: "unknown flag", args: []string{"-yaml", "x"}, code: ExitUnreadable, stderrHas: "flag provided but not defined: -yaml"},
+		{name: "help", args: []string{"-h"}, code: ExitClean, stderrHas: "Usage: nomad-driver-bedrock validate"},
+		{name: "json clean", args: []string{"-json", "testdata/good_minimal.nomad.hcl"}, code: ExitClean, stdout: "[]\n"},
+		{name: "json errors", args: []string{"-json", "testdata/bad_count2.nomad.hcl"}, code: ExitErrors, stdout: `[
+  {
+    "file": "testdata/bad_count2.nomad.hcl",
+    "line": 3,
+    "col": 13,
+    "severity": "error",
+    "message": "count = 2 runs fewer than 3 instances; Bedrock needs at least 3 for failover",
+    "hint": "set count = 3 or more"
+  }
+]
+`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := RunValidate(context.Background(), tc.args, &stdout, &stderr)
+			if code != tc.code {
+				t.Errorf("exit %d, want %d; stdout:\n%s\nstderr:\n%s", code, tc.code, stdout.String(), stderr.String())
+			}
+			switch {
+			case tc.stdoutHas != "":
+				if !strings.Contains(stdout.String(), tc.stdoutHas) {
+					t.Errorf("stdout %q lacks %q", stdout.String(), tc.stdoutHas)
+				}
+			case stdout.String() != tc.stdout:
+				t.Errorf("stdout:\n%s\nwant:\n%s", stdout.String(), tc.stdout)
+			}
+			if tc.stderrHas != "" && !strings.Contains(stderr.String(), tc.stderrHas) {
+				t.Errorf("stderr %q lacks %q", stderr.String(), tc.stderrHas)
+			}
+			if tc.stderrHas == "" && stderr.Len() > 0 {
+				t.Errorf("unexpected stderr: %s", stderr.String())
+			}
+		})
+	}
+}
+
+// TestRunValidateJSONUnparsable checks that CI gets exactly one record for a
+// file it cannot parse, and that every field is filled.
+func TestRunValidateJSONUnparsable(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	code := RunValidate(context.Background(), []string{"-json", "testdata/bad_syntax_unclosed.nomad.hcl"}, &stdout, &stderr)
+	if code != ExitUnreadable {
+		t.Fatalf("exit %d, want %d", code, ExitUnreadable)
+	}
+	var got []Diagnostic
+	if err := json.Unmarshal(stdout.Bytes(), &got); err != nil {
+		t.Fatalf("stdout is not JSON: %v\n%s", err, stdout.String())
+	}
+	want := Diagnostic{File: "testdata/bad_syntax_unclosed.nomad.hcl", Line: 1, Col: 12, Severity: SeverityError,
+		Message: "syntax error: Unclosed configuration block",
+		Hint:    "There is no closing brace for this block before the end of the file. This may be caused by incorrect brace nesting elsewhere in this file."}
+	if len(got) != 1 || got[0] != want {
+		t.Errorf("got %+v, want [%+v]", got, want)
+	}
+}
+
+func TestRunValidateCancelled(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var stdout, stderr bytes.Buffer
+	if code := RunValidate(ctx, []string{"testdata/good_minimal.nomad.hcl"}, &stdout, &stderr); code != ExitUnreadable {
+		t.Errorf("exit %d, want %d", code, ExitUnreadable)
+	}
+	if stdout.Len() != 0 {
+		t.Errorf("nothing may be reported as valid after cancellation, got %q", stdout.String())
+	}
+}
+
+func TestRunValidateUnreadableFile(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("root reads files regardless of permissions")
+	}
+	p := filepath.Join(t.TempDir(), "locked.nomad.hcl")
+	if err := os.WriteFile(p, []byte("job \"x\" {}\n"), 0o000); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	if code := RunValidate(context.Background(), []string{p}, &stdout, &stderr); code != ExitUnreadable {
+		t.Errorf("exit %d, want %d", code, ExitUnreadable)
+	}
+	if !strings.Contains(stdout.String(), "error: cannot read file: permission denied") {
+		t.Errorf("stdout %q", stdout.String())
+	}
+}

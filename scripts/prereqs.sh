@@ -4,7 +4,7 @@
 # Idempotent and non-interactive (works with CI=true and no stdin). As root it installs what is
 # missing with apt-get (Debian packages); otherwise it prints exactly what to install and fails.
 # When no Docker engine answers it starts `dockerd` in the background, logging to
-# $BEDROCK_CACHE/dockerd.log, and waits until `docker info` works.
+# $BEDROCK_CACHE/dockerd.log, and waits until `docker info` works (extra dockerd flags: $BEDROCK_DOCKERD_ARGS).
 #
 # Usage: scripts/prereqs.sh [test] [proto] [docker] [--check]
 #   test    (default) docker engine + iproute2, rsync, syncthing (tests and benches)
@@ -93,7 +93,9 @@ if [ "$want_docker" = 1 ]; then
     fi
     log "no docker engine answers: starting dockerd in the background (log: $dlog)"
     # setsid + nohup: the engine outlives this script (and make, and .ci/run's shell)
-    nohup setsid "${DSUDO[@]}" dockerd >>"$dlog" 2>&1 </dev/null &
+    # BEDROCK_DOCKERD_ARGS: extra dockerd flags (word-split), e.g. a second engine for testing this script
+    # shellcheck disable=SC2086
+    nohup setsid "${DSUDO[@]}" dockerd ${BEDROCK_DOCKERD_ARGS-} >>"$dlog" 2>&1 </dev/null &
     for i in $(seq 1 120); do
       if docker info >/dev/null 2>&1; then break; fi
       if [ "$i" = 120 ]; then

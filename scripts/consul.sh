@@ -40,5 +40,5 @@ start=$(date +%s)
 chmod 0755 "$tmp"
 mv -f "$tmp" "$DEST"
 trap - EXIT
-log "built in $(( $(date +%s) - start ))s: $("$DEST" version | head -n1)"
+log "built in $(( $(date +%s) - start ))s: $("$DEST" version | sed -n 1p)"
 echo "$DEST"

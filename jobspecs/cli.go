@@ -46,6 +46,9 @@ Diagnostics go to stdout as "file:line:col: severity: message; hint: how to
 fix", or as one JSON array with -json. Exit status: 0 no errors, 1 errors,
 2 unreadable input or bad usage.
 
+Input variables come from -var flags, then NOMAD_VAR_<name> environment
+variables, then the defaults of the file's variable blocks.
+
 Flags:
 `
 
@@ -75,6 +78,14 @@ func RunValidate(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		return ExitUnreadable
 	}
 
+	// Like nomad job run: NOMAD_VAR_<name> in the environment, overridden by -var.
+	for _, kv := range os.Environ() {
+		if name, value, ok := strings.Cut(strings.TrimPrefix(kv, "NOMAD_VAR_"), "="); ok && strings.HasPrefix(kv, "NOMAD_VAR_") {
+			if _, set := vars[name]; !set && name != "" {
+				vars[name] = value
+			}
+		}
+	}
 	paths, all := expandPaths(fs.Args())
 	unreadable := len(all) > 0
 	for _, path := range paths {

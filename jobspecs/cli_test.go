@@ -142,6 +142,23 @@ func TestRunValidateJSONUnparsable(t *testing.T) {
 	}
 }
 
+func TestRunValidateNomadVarEnv(t *testing.T) {
+	t.Setenv("NOMAD_VAR_instances", "2")
+	var stdout, stderr bytes.Buffer
+	if code := RunValidate(context.Background(), []string{"testdata/good_variables.nomad.hcl"}, &stdout, &stderr); code != ExitErrors {
+		t.Errorf("exit %d, want %d: %s", code, ExitErrors, stdout.String())
+	}
+	want := "testdata/good_variables.nomad.hcl:19:13: error: count = 2 runs fewer than 3 instances; Bedrock needs at least 3 for failover; hint: set count = 3 or more\n"
+	if stdout.String() != want {
+		t.Errorf("stdout %q, want %q", stdout.String(), want)
+	}
+	// -var wins over the environment.
+	stdout.Reset()
+	if code := RunValidate(context.Background(), []string{"-var", "instances=3", "testdata/good_variables.nomad.hcl"}, &stdout, &stderr); code != ExitClean {
+		t.Errorf("exit %d, want %d: %s", code, ExitClean, stdout.String())
+	}
+}
+
 func TestRunValidateCancelled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()

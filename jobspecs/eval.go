@@ -9,6 +9,8 @@ import (
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/zclconf/go-cty/cty"
 	"github.com/zclconf/go-cty/cty/convert"
+	"github.com/zclconf/go-cty/cty/function"
+	"github.com/zclconf/go-cty/cty/function/stdlib"
 )
 
 // evalState says what the validator could learn from an attribute.
@@ -30,7 +32,9 @@ const (
 
 // evaluator computes attribute values as far as it can without Nomad:
 // `var.*` resolves to literal defaults of `variable` blocks (or -var
-// overrides), `local.*` to locals computable from those, and nothing else.
+// overrides), `local.*` to locals computable from those, and a few pure
+// functions of Nomad's HCL standard library are available (see functions);
+// nothing else.
 // Expressions that need more evaluate to unknown instead of failing, which is
 // what keeps the validator from crashing or guessing on real-world files.
 type evaluator struct {
@@ -71,7 +75,7 @@ func newEvaluator(body *hclsyntax.Body, overrides map[string]string) *evaluator 
 	for _, a := range localAttrs {
 		locals[a.Name] = cty.DynamicVal
 	}
-	ev := &evaluator{ctx: &hcl.EvalContext{}}
+	ev := &evaluator{ctx: &hcl.EvalContext{Functions: functions}}
 	// Locals may refer to each other in any order; every pass resolves at
 	// least one more of them or stops, so len+1 passes reach the fixed point.
 	for pass := 0; pass <= len(localAttrs); pass++ {
@@ -94,6 +98,39 @@ func newEvaluator(body *hclsyntax.Body, overrides map[string]string) *evaluator 
 	return ev
 }
 
+// functions are the pure, cheap functions of Nomad's HCL standard library
+// that commonly compute counts, names and paths. Any other function makes an
+// expression unknown rather than wrong.
+var functions = map[string]function.Function{
+	"abs":        stdlib.AbsoluteFunc,
+	"ceil":       stdlib.CeilFunc,
+	"coalesce":   stdlib.CoalesceFunc,
+	"concat":     stdlib.ConcatFunc,
+	"contains":   stdlib.ContainsFunc,
+	"element":    stdlib.ElementFunc,
+	"floor":      stdlib.FloorFunc,
+	"format":     stdlib.FormatFunc,
+	"join":       stdlib.JoinFunc,
+	"keys":       stdlib.KeysFunc,
+	"length":     stdlib.LengthFunc,
+	"lookup":     stdlib.LookupFunc,
+	"lower":      stdlib.LowerFunc,
+	"max":        stdlib.MaxFunc,
+	"merge":      stdlib.MergeFunc,
+	"min":        stdlib.MinFunc,
+	"parseint":   stdlib.ParseIntFunc,
+	"split":      stdlib.SplitFunc,
+	"tobool":     stdlib.MakeToFunc(cty.Bool),
+	"tonumber":   stdlib.MakeToFunc(cty.Number),
+	"tostring":   stdlib.MakeToFunc(cty.String),
+	"trim":       stdlib.TrimFunc,
+	"trimprefix": stdlib.TrimPrefixFunc,
+	"trimspace":  stdlib.TrimSpaceFunc,
+	"trimsuffix": stdlib.TrimSuffixFunc,
+	"upper":      stdlib.UpperFunc,
+	"values":     stdlib.ValuesFunc,
+}
+
 // eval computes expr. When evaluation fails only because the expression
 // refers to variables or calls functions, the value is unknown, not invalid.
 func (e *evaluator) eval(expr hclsyntax.Expression) (cty.Value, evalState, hcl.Diagnostics) {
@@ -113,16 +150,18 @@ func (e *evaluator) eval(expr hclsyntax.Expression) (cty.Value, evalState, hcl.D
 	return v, stateKnown, nil
 }
 
-// isDynamic reports whether expr refers to any variable or calls a function,
-// the two things Nomad resolves and this validator may not.
+// isDynamic reports whether expr refers to any variable or calls a function
+// this validator does not have, the things Nomad resolves and it may not.
 func isDynamic(expr hclsyntax.Expression) bool {
 	if len(expr.Variables()) > 0 {
 		return true
 	}
 	dynamic := false
 	_ = hclsyntax.VisitAll(expr, func(n hclsyntax.Node) hcl.Diagnostics {
-		if _, ok := n.(*hclsyntax.FunctionCallExpr); ok {
-			dynamic = true
+		if call, ok := n.(*hclsyntax.FunctionCallExpr); ok {
+			if _, known := functions[call.Name]; !known {
+				dynamic = true
+			}
 		}
 		return nil
 	})

@@ -57,9 +57,13 @@ func CheckJob(job *api.Job, group string) []Violation {
 		return nil
 	}
 	var out []Violation
-	count := 1 // Nomad's default when a jobspec omits count
-	if tg.Count != nil {
+	// Nomad's defaults when a jobspec omits count: the scaling min, else 1.
+	count := 1
+	switch {
+	case tg.Count != nil:
 		count = *tg.Count
+	case tg.Scaling != nil && tg.Scaling.Min != nil:
+		count = int(*tg.Scaling.Min)
 	}
 	if count < MinInstances {
 		out = append(out, Violation{Group: group, Rule: RuleCount,
@@ -160,6 +164,30 @@ type Decision struct {
 	// policy could not be checked.
 	Message string
 	Cached  bool // the verdict for this job version came from the cache
+}
+
+// Enforce maps the decision onto what StartTask does, given the plugin
+// config's OptOutFlag: refuse is true when the task must fail with an
+// unrecoverable error carrying message; otherwise a non-empty message is a
+// warning task event (an unknown verdict, or a refusal the operator opted
+// out of), and an empty one means start silently.
+func (d Decision) Enforce(allowUnsafe bool) (refuse bool, message string) {
+	switch d.Verdict {
+	case VerdictAllowed:
+		return false, ""
+	case VerdictRefused:
+		if !allowUnsafe {
+			return true, d.Message
+		}
+		parts := make([]string, 0, len(d.Violations))
+		for _, v := range d.Violations {
+			parts = append(parts, v.Message)
+		}
+		return false, fmt.Sprintf("starting despite the placement policy because %s = true: %s; failover is not guaranteed",
+			OptOutFlag, strings.Join(parts, "; "))
+	default:
+		return false, d.Message
+	}
 }
 
 // DefaultPolicyTimeout bounds one job read when the caller's context has no

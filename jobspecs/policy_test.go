@@ -278,6 +278,12 @@ func TestCheckJob(t *testing.T) {
 			j.TaskGroups[0].Count = nil
 			return j
 		}, expect: []string{`group "server" has count = 1, fewer than the 3 instances Bedrock needs for failover; hint: set count = 3 or more in the group`}},
+		{name: "nil count takes the scaling min", group: "server", job: func() *api.Job {
+			j := loadJob(t, dir, "good")
+			j.TaskGroups[0].Count = nil
+			j.TaskGroups[0].Scaling = &api.ScalingPolicy{Min: i64(3), Max: i64(5)}
+			return j
+		}},
 		{name: "distinct_hosts false", group: "server", job: func() *api.Job {
 			j := loadJob(t, dir, "good")
 			j.TaskGroups[0].Constraints[0].RTarget = "false"
@@ -346,5 +352,35 @@ func TestNewAPIClient(t *testing.T) {
 	}
 	if _, err := NewAPIClient("http://bad host:1", ""); err == nil {
 		t.Fatal("an invalid address must be an error")
+	}
+}
+
+func TestDecisionEnforce(t *testing.T) {
+	refused := Decision{Verdict: VerdictRefused, Message: count2Refusal, Violations: []Violation{{
+		Group: "server", Rule: RuleCount,
+		Message: `group "server" has count = 2, fewer than the 3 instances Bedrock needs for failover`,
+		Hint:    "set count = 3 or more in the group",
+	}}}
+	cases := []struct {
+		name        string
+		d           Decision
+		allowUnsafe bool
+		refuse      bool
+		message     string
+	}{
+		{name: "allowed", d: Decision{Verdict: VerdictAllowed}},
+		{name: "allowed with opt-out", d: Decision{Verdict: VerdictAllowed}, allowUnsafe: true},
+		{name: "refused", d: refused, refuse: true, message: count2Refusal},
+		{name: "refused with opt-out", d: refused, allowUnsafe: true,
+			message: `starting despite the placement policy because allow_unsafe_placement = true: group "server" has count = 2, fewer than the 3 instances Bedrock needs for failover; failover is not guaranteed`},
+		{name: "unknown", d: Decision{Verdict: VerdictUnknown, Message: "placement policy not checked: x"}, message: "placement policy not checked: x"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			refuse, msg := tc.d.Enforce(tc.allowUnsafe)
+			if refuse != tc.refuse || msg != tc.message {
+				t.Errorf("Enforce(%v) = %v, %q; want %v, %q", tc.allowUnsafe, refuse, msg, tc.refuse, tc.message)
+			}
+		})
 	}
 }

@@ -225,6 +225,10 @@ func (c *checker) checkGroup(j, gb *hclsyntax.Block, jobDistinct distinctResult)
 	}
 	for _, tb := range blocksOf(gb.Body, "task") {
 		g.tasks = append(g.tasks, c.classify(tb))
+		if d := c.distinct(tb.Body); d.state == distinctYes || d.state == distinctDisabled {
+			c.errorAt(d.rng, fmt.Sprintf("task %q sets a distinct hosts constraint, which Nomad only accepts on a job or group", blockName(tb)),
+				"move the constraint into the group")
+		}
 	}
 	for _, d := range blocksOf(gb.Body, "dynamic") {
 		if blockName(d) == "task" {
@@ -290,7 +294,9 @@ func (c *checker) checkGroup(j, gb *hclsyntax.Block, jobDistinct distinctResult)
 	if len(apps) > 0 {
 		c.checkRestart(g, apps[0])
 		c.checkUpdate(j, g)
+		c.checkMigrate(j, g)
 		c.checkReschedule(j, g)
+		c.checkDisconnect(g)
 	}
 	return true
 }
@@ -330,9 +336,12 @@ func (c *checker) classify(tb *hclsyntax.Block) *task {
 
 // checkPlacement enforces at least MinInstances instances on distinct nodes.
 func (c *checker) checkPlacement(g *group, jobDistinct distinctResult) {
+	scalingMin := attrOf(blockOf(g.block.Body, "scaling"), "min")
 	countAttr := g.block.Body.Attributes["count"]
 	n, st := c.ev.integer(countAttr, c.report)
 	switch {
+	case st == stateAbsent && scalingMin != nil:
+		// Nomad then starts the group at its scaling min, checked below.
 	case st == stateAbsent:
 		c.errorAt(g.block.DefRange(),
 			fmt.Sprintf("group %q has no count, so Nomad runs 1 instance; Bedrock needs at least %d", g.name, MinInstances),
@@ -345,7 +354,7 @@ func (c *checker) checkPlacement(g *group, jobDistinct distinctResult) {
 		c.unknown(countAttr.Expr.Range(), "count", hintRuntime)
 	}
 
-	if minAttr := attrOf(blockOf(g.block.Body, "scaling"), "min"); minAttr != nil {
+	if minAttr := scalingMin; minAttr != nil {
 		m, st := c.ev.integer(minAttr, c.report)
 		switch {
 		case st == stateKnown && m < MinInstances:
@@ -576,5 +585,25 @@ func (c *checker) checkReschedule(j *hclsyntax.Block, g *group) {
 	if d, st := c.ev.duration(delayAttr, c.report); st == stateKnown && d > maxRescheduleDelay {
 		c.warnAt(delayAttr.Expr.Range(), fmt.Sprintf("reschedule delay = %s leaves the group short of a clone that long after an instance fails", d),
 			`set delay = "5s" to "30s"`)
+	}
+}
+
+// checkMigrate warns when a node drain may move several instances at once,
+// which can take the master and a clone down together.
+func (c *checker) checkMigrate(j *hclsyntax.Block, g *group) {
+	mpAttr := overlay(blockOf(j.Body, "migrate"), blockOf(g.block.Body, "migrate"), "max_parallel")
+	if n, st := c.ev.integer(mpAttr, c.report); st == stateKnown && n > 1 {
+		c.warnAt(mpAttr.Expr.Range(), fmt.Sprintf("migrate max_parallel = %d can move the master together with clones when nodes drain", n),
+			"set max_parallel = 1 in the migrate block")
+	}
+}
+
+// checkDisconnect warns when an instance on a disconnected node is never
+// replaced: the group then runs short of a clone until the node returns.
+func (c *checker) checkDisconnect(g *group) {
+	replaceAttr := attrOf(blockOf(g.block.Body, "disconnect"), "replace")
+	if replace, st := c.ev.boolean(replaceAttr, c.report); st == stateKnown && !replace {
+		c.warnAt(replaceAttr.Expr.Range(), "disconnect replace = false leaves the group short of a clone while a node is disconnected",
+			"remove replace = false so Nomad places a replacement clone")
 	}
 }

@@ -163,6 +163,25 @@ var validateCases = []struct {
 		"warn_update.nomad.hcl:4:24: warning: update min_healthy_time = 5s can mark a replacement healthy before its initial sync ends, so the next replacement may take the master while no clone is current; hint: set min_healthy_time = \"30s\" or more (longer than an initial sync of your data)",
 		"warn_update.nomad.hcl:11:22: warning: update max_parallel = 0 replaces all instances at once, the master included; hint: set max_parallel = 1 so instances are replaced one at a time and clones stay synced",
 	}},
+	{file: "good_scaling_no_count.nomad.hcl", want: nil},
+	{file: "good_functions.nomad.hcl", want: nil},
+	{file: "bad_scaling_no_count.nomad.hcl", want: []string{
+		"bad_scaling_no_count.nomad.hcl:4:13: error: scaling min = 2 lets the group shrink below 3 instances; hint: set min = 3 or more",
+	}},
+	{file: "bad_task_distinct.nomad.hcl", want: []string{
+		"bad_task_distinct.nomad.hcl:2:3: error: group \"server\" has no distinct_hosts constraint, so Nomad may place several instances on one node; hint: add constraint { operator = \"distinct_hosts\" value = \"true\" } to the group (or the job)",
+		"bad_task_distinct.nomad.hcl:34:26: error: task \"app\" sets a distinct hosts constraint, which Nomad only accepts on a job or group; hint: move the constraint into the group",
+	}},
+	{file: "bad_function_error.nomad.hcl", want: []string{
+		"bad_function_error.nomad.hcl:3:18: error: cannot evaluate count: Invalid function argument; hint: Invalid value for \"numbers\" parameter: a number is required.",
+	}},
+	{file: "warn_migrate_disconnect.nomad.hcl", want: []string{
+		"warn_migrate_disconnect.nomad.hcl:6:22: warning: migrate max_parallel = 2 can move the master together with clones when nodes drain; hint: set max_parallel = 1 in the migrate block",
+		"warn_migrate_disconnect.nomad.hcl:11:20: warning: disconnect replace = false leaves the group short of a clone while a node is disconnected; hint: remove replace = false so Nomad places a replacement clone",
+	}},
+	{file: "warn_unknown_function.nomad.hcl", want: []string{
+		"warn_unknown_function.nomad.hcl:3:13: warning: cannot evaluate count statically; hint: pass the value with -var name=value or use a literal; the driver re-checks placement at run time",
+	}},
 }
 
 func TestValidateTestdata(t *testing.T) {

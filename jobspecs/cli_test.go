@@ -80,6 +80,8 @@ func TestRunValidate(t *testing.T) {
 			stdout: "testdata/good_variables.nomad.hcl:19:13: error: count = 2 runs fewer than 3 instances; Bedrock needs at least 3 for failover; hint: set count = 3 or more\n"},
 		{name: "var resolves unknown", args: []string{"-var=instances=4", "-var", "spread_out=true", "-var", "tag=1", "testdata/warn_unknown_values.nomad.hcl"}, code: ExitClean,
 			stdout: "testdata/warn_unknown_values.nomad.hcl:30:19: warning: cannot evaluate lifecycle hook statically; hint: pass the value with -var name=value or use a literal\n"},
+		{name: "list var", args: []string{"-var", `ports=["http", "web"]`, "testdata/good_var_ports.nomad.hcl"}, code: ExitErrors,
+			stdout: "testdata/good_var_ports.nomad.hcl:44:17: error: port \"web\" of task \"app\" is not declared in the group's network block; hint: add port \"web\" {} to the group's network block\n"},
 		{name: "bad var", args: []string{"-var", "novalue", "testdata/good_minimal.nomad.hcl"}, code: ExitUnreadable, stderrHas: `want name=value, got "novalue"`},
 		{name: "no files", args: nil, code: ExitUnreadable, stderrHas: "validate: no files given"},
 		{name: "unknown flag", args: []string{"-yaml", "x"}, code: ExitUnreadable, stderrHas: "flag provided but not defined: -yaml"},

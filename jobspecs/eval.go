@@ -3,6 +3,7 @@ package jobspecs
 import (
 	"fmt"
 	"math/big"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
@@ -59,7 +60,7 @@ func newEvaluator(body *hclsyntax.Body, overrides map[string]string) *evaluator 
 		}
 	}
 	for name, val := range overrides {
-		vars[name] = cty.StringVal(val)
+		vars[name] = overrideValue(val)
 	}
 
 	var localAttrs []*hclsyntax.Attribute
@@ -96,6 +97,21 @@ func newEvaluator(body *hclsyntax.Body, overrides map[string]string) *evaluator 
 	}
 	ev.ctx.Variables = map[string]cty.Value{"var": cty.ObjectVal(vars), "local": cty.ObjectVal(locals)}
 	return ev
+}
+
+// overrideValue turns a -var value into a cty value. Like Nomad, a value
+// written as an HCL list or object literal is parsed as one; anything else is
+// a string, which converts to the number or bool a rule needs.
+func overrideValue(raw string) cty.Value {
+	trimmed := strings.TrimSpace(raw)
+	if strings.HasPrefix(trimmed, "[") || strings.HasPrefix(trimmed, "{") {
+		if expr, diags := hclsyntax.ParseExpression([]byte(trimmed), "-var", hcl.InitialPos); !diags.HasErrors() {
+			if v, diags := expr.Value(nil); !diags.HasErrors() && v.IsWhollyKnown() {
+				return v
+			}
+		}
+	}
+	return cty.StringVal(raw)
 }
 
 // functions are the pure, cheap functions of Nomad's HCL standard library

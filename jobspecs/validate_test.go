@@ -165,6 +165,7 @@ var validateCases = []struct {
 	}},
 	{file: "good_scaling_no_count.nomad.hcl", want: nil},
 	{file: "good_functions.nomad.hcl", want: nil},
+	{file: "good_var_ports.nomad.hcl", want: nil},
 	{file: "bad_scaling_no_count.nomad.hcl", want: []string{
 		"bad_scaling_no_count.nomad.hcl:4:13: error: scaling min = 2 lets the group shrink below 3 instances; hint: set min = 3 or more",
 	}},

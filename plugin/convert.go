@@ -4,9 +4,10 @@ import (
 	"errors"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin/proto/driverpb"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin/proto/structspb"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // TaskConfigFromProto turns the wire task config into ours.

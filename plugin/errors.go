@@ -5,9 +5,10 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin/proto/structspb"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin/proto/structspb"
 )
 
 // RecoverableError marks an error the Nomad client may retry (Recoverable)

@@ -7,11 +7,12 @@ import (
 	"io"
 	"sync"
 
-	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin/proto/basepb"
-	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin/proto/driverpb"
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin/proto/basepb"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin/proto/driverpb"
 )
 
 // baseServer serves the "base" plugin set.

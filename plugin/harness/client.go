@@ -61,16 +61,16 @@ func StartAgent(ctx context.Context, opts Options, pluginHCL string) (*Client, e
 		err = CheckPluginInfo(info)
 	}
 	if err != nil {
-		p.Close()
+		p.Close(ctx)
 		return nil, fmt.Errorf("catalog launch: PluginInfo: %w", err)
 	}
 	c.Info = info
 	schema, err := p.Base.ConfigSchema(ctx, &basepb.ConfigSchemaRequest{})
 	if err != nil {
-		p.Close()
+		p.Close(ctx)
 		return nil, fmt.Errorf("catalog launch: ConfigSchema: %w", err)
 	}
-	p.Close()
+	p.Close(ctx)
 	if c.ConfigSpec, err = hclspec.ToHCLDec(schema.GetSpec()); err != nil {
 		return nil, fmt.Errorf("plugin config schema does not convert with hcldec: %w", err)
 	}
@@ -85,11 +85,11 @@ func StartAgent(ctx context.Context, opts Options, pluginHCL string) (*Client, e
 	}
 	for i := 0; i < 2; i++ {
 		if _, err := p.Base.SetConfig(ctx, &basepb.SetConfigRequest{MsgpackConfig: c.configMsgpack, PluginApiVersion: plugin.APIVersion}); err != nil {
-			p.Close()
+			p.Close(ctx)
 			return nil, fmt.Errorf("validation launch: SetConfig: %w", err)
 		}
 	}
-	p.Close()
+	p.Close(ctx)
 
 	// 3. The long-lived instance.
 	p, err = Launch(ctx, opts)
@@ -98,7 +98,7 @@ func StartAgent(ctx context.Context, opts Options, pluginHCL string) (*Client, e
 	}
 	c.Plugin = p
 	if err := c.configure(ctx); err != nil {
-		p.Close()
+		p.Close(ctx)
 		return nil, err
 	}
 	return c, nil
@@ -156,7 +156,7 @@ func (c *Client) RestartAgent(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("validation launch after restart: %w", err)
 	}
-	defer v.Close()
+	defer v.Close(ctx)
 	for i := 0; i < 2; i++ {
 		if _, err := v.Base.SetConfig(ctx, &basepb.SetConfigRequest{MsgpackConfig: c.configMsgpack, PluginApiVersion: plugin.APIVersion}); err != nil {
 			return fmt.Errorf("validation launch after restart: SetConfig: %w", err)
@@ -179,11 +179,11 @@ func (c *Client) CrashPlugin(ctx context.Context) error {
 }
 
 // Stop shuts the agent down as Nomad does: Shutdown, then stop the plugin.
-func (c *Client) Stop() {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+func (c *Client) Stop(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	_, _ = c.Plugin.Driver.Shutdown(ctx, &driverpb.ShutdownRequest{})
-	c.Plugin.Close()
+	c.Plugin.Close(ctx)
 }
 
 // CheckPluginInfo applies the checks a client makes before using a plugin.

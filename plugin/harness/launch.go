@@ -128,7 +128,10 @@ func Launch(ctx context.Context, opts Options) (*Plugin, error) {
 	case l, ok := <-lines:
 		if !ok {
 			<-p.exited
-			return nil, fmt.Errorf("plugin exited before its handshake (%v); stderr: %s", p.waitErr, p.stderrTail())
+			if p.waitErr == nil {
+				p.waitErr = errors.New("exit status 0")
+			}
+			return nil, fmt.Errorf("plugin exited before its handshake (%w); stderr: %s", p.waitErr, p.stderrTail())
 		}
 		line = l
 	case <-timer.C:
@@ -297,9 +300,9 @@ func (p *Plugin) kill() {
 
 // Close stops the plugin the way go-plugin's client does: ask the
 // controller to shut down, wait up to two seconds, then kill.
-func (p *Plugin) Close() {
+func (p *Plugin) Close(ctx context.Context) {
 	if p.conn != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		_ = p.conn.Invoke(ctx, "/plugin.GRPCController/Shutdown", &emptypb.Empty{}, &emptypb.Empty{})
 		cancel()
 		select {

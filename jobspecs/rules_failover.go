@@ -2,6 +2,7 @@ package jobspecs
 
 import (
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
@@ -61,8 +62,14 @@ func (c *checker) checkRestart(g *group, app *task) {
 			`use mode = "fail" so the allocation fails and a clone takes over`)
 		return
 	}
-	total := time.Duration(attempts) * delay
-	if unknown || total <= maxRestartDowntime {
+	if unknown || attempts <= 0 || delay <= 0 {
+		return
+	}
+	total := time.Duration(math.MaxInt64) // attempts x delay, saturating
+	if attempts <= int64(math.MaxInt64/delay) {
+		total = time.Duration(attempts) * delay
+	}
+	if total <= maxRestartDowntime {
 		return
 	}
 	hint := `lower attempts and delay, e.g. restart { attempts = 1 delay = "2s" mode = "fail" }`

@@ -1,0 +1,91 @@
+package syncer
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// DefaultSecretEnv is where the per-job secret is expected, typically a
+// Nomad variable rendered into the task's environment.
+const DefaultSecretEnv = "BEDROCK_SYNC_SECRET"
+
+// Main is `nomad-driver-bedrock syncer ...`: it runs one syncer with a
+// static role from flags until ctx ends. It returns the process exit code:
+// 0 after ctx ends, 1 on a runtime error, 2 on bad usage. Logs are hclog
+// JSON on stderr; stdout only gets status lines when -status-every is set.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("syncer", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	data := fs.String("data", "", "data directory to replicate (required)")
+	listen := fs.String("listen", "", "address a master accepts clones on, e.g. 0.0.0.0:7400")
+	master := fs.String("master", "", "master address; when set this instance is a clone")
+	term := fs.Uint64("term", 1, "fencing term of the static role")
+	secretEnv := fs.String("secret-env", DefaultSecretEnv, "environment variable holding the shared secret")
+	metrics := fs.String("metrics", "", "address for /metrics and /status (optional)")
+	id := fs.String("id", "", "instance name in logs and metrics (default: hostname)")
+	rescan := fs.Duration("rescan", 30*time.Second, "master's safety-net full rescan interval")
+	level := fs.String("log-level", "info", "log level")
+	statusEvery := fs.Duration("status-every", 0, "print the status as a JSON line on stdout this often (0: never)")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: nomad-driver-bedrock syncer -data DIR (-listen ADDR | -master ADDR) [-term N] [-secret-env NAME] [-metrics ADDR]")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() != 0 {
+		fmt.Fprintf(stderr, "syncer: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
+	if *data == "" {
+		fmt.Fprintln(stderr, "syncer: -data is required")
+		return 2
+	}
+	if *master == "" && *listen == "" {
+		fmt.Fprintln(stderr, "syncer: a master needs -listen (or give -master to run as a clone)")
+		return 2
+	}
+	secret := os.Getenv(*secretEnv)
+	if len(secret) < 16 {
+		fmt.Fprintf(stderr, "syncer: environment variable %s must hold the shared secret (at least 16 bytes)\n", *secretEnv)
+		return 2
+	}
+	log := hclog.New(&hclog.LoggerOptions{Name: "syncer", Level: hclog.LevelFromString(*level), JSONFormat: true, Output: stderr})
+	role := Role{Master: *master == "", Term: *term, MasterAddr: *master}
+	s, err := New(Config{
+		DataDir: *data, ListenAddr: *listen, Secret: []byte(secret), ID: *id, Roles: StaticRole(role),
+		MetricsAddr: *metrics, RescanInterval: *rescan, Logger: log,
+		OnProgress: func(p Progress) { log.Info("initial sync progress", "progress", p.String(), "done", p.Done) },
+	})
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 2
+	}
+	if *statusEvery > 0 {
+		go func() {
+			t := time.NewTicker(*statusEvery)
+			defer t.Stop()
+			enc := json.NewEncoder(stdout)
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					_ = enc.Encode(s.Status())
+				}
+			}
+		}()
+	}
+	if err := s.Run(ctx); err != nil {
+		log.Error("syncer failed", "error", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,745 @@
+package replica
+
+import (
+	"bufio"
+	"context"
+	"crypto/hmac"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/tree"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/wire"
+)
+
+// CloneConfig configures a Clone.
+type CloneConfig struct {
+	Root       *os.Root
+	MasterAddr string
+	Secret     []byte
+	ID         string
+	Logger     hclog.Logger
+	Metrics    *Metrics
+	State      *StateStore
+	Owners     bool
+	// OnProgress is told about initial sync progress (throttled).
+	OnProgress func(Progress)
+	// Dial overrides net.Dialer (tests).
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
+}
+
+// CloneStatus is what a clone knows about itself.
+type CloneState struct {
+	Position  Position `json:"position"`
+	MasterSeq uint64   `json:"master_seq"`
+	Connected bool     `json:"connected"`
+	Synced    bool     `json:"synced"`
+	CaughtUp  bool     `json:"caught_up"`
+	Healthy   bool     `json:"healthy"`
+	Error     string   `json:"error,omitempty"`
+	Progress  Progress `json:"initial_sync"`
+}
+
+// Clone mirrors a master's data directory.
+type Clone struct {
+	cfg CloneConfig
+	log hclog.Logger
+	ap  *tree.Applier
+
+	mu        sync.Mutex
+	st        CloneState
+	session   uint64
+	resumable bool
+	local     map[string]*tree.Entry
+	lastProg  time.Time
+}
+
+// NewClone prepares a clone; Run starts it.
+func NewClone(cfg CloneConfig) *Clone {
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(nil)
+	}
+	c := &Clone{cfg: cfg, log: cfg.Logger, ap: &tree.Applier{Root: cfg.Root, Owners: cfg.Owners, Bulk: true}}
+	c.st.Position = cfg.State.Get().Position
+	c.st.Healthy = true
+	return c
+}
+
+// Status returns the clone's state.
+func (c *Clone) Status() CloneState {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.st
+}
+
+func (c *Clone) setErr(err error) {
+	c.mu.Lock()
+	c.st.Healthy = err == nil
+	if err != nil {
+		c.st.Error = err.Error()
+	} else {
+		c.st.Error = ""
+	}
+	c.st.Connected = false
+	c.st.CaughtUp = false
+	c.mu.Unlock()
+	if err != nil {
+		c.cfg.Metrics.Healthy.Set(0)
+	} else {
+		c.cfg.Metrics.Healthy.Set(1)
+	}
+	c.cfg.Metrics.CaughtUp.Set(0)
+}
+
+// applyError marks an error from applying data (as opposed to the network):
+// the clone is unhealthy and its next attempt verifies everything.
+type applyError struct{ err error }
+
+func (e applyError) Error() string { return e.err.Error() }
+func (e applyError) Unwrap() error { return e.err }
+
+// Run connects to the master and follows it until ctx ends, reconnecting
+// with backoff. Errors are reported through Status, not returned: a clone
+// keeps trying for as long as it is a clone.
+func (c *Clone) Run(ctx context.Context) error {
+	if err := c.ap.Prepare(); err != nil {
+		return err
+	}
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		start := time.Now()
+		err := c.runSession(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var ae applyError
+		switch {
+		case errors.As(err, &ae):
+			c.cfg.Metrics.ApplyErrors.Inc()
+			c.mu.Lock()
+			c.resumable = false
+			c.local = nil
+			c.mu.Unlock()
+			c.log.Error("apply failed, will verify and resync", "error", err)
+		case err != nil:
+			c.log.Warn("replication connection ended", "error", err)
+		}
+		c.setErr(err)
+		if time.Since(start) > 10*time.Second {
+			backoff = 100 * time.Millisecond
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 3*time.Second)
+	}
+	return nil
+}
+
+type session struct {
+	c    *Clone
+	conn net.Conn
+	r    *bufio.Reader
+	w    *bufio.Writer
+	wmu  sync.Mutex
+	term uint64
+	head uint64
+	buf  []byte
+	fw   *tree.FileWriter
+}
+
+func (s *session) send(t wire.Type, seq uint64, payload []byte) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if err := wire.WriteFrame(s.w, wire.Frame{Type: t, Term: s.term, Seq: seq, Payload: payload}); err != nil {
+		return err
+	}
+	return s.w.Flush()
+}
+
+func (s *session) read(limit int) (wire.Frame, error) {
+	_ = s.conn.SetReadDeadline(time.Now().Add(readTimeout))
+	f, b, err := wire.ReadFrame(s.r, limit, s.buf)
+	s.buf = b
+	return f, err
+}
+
+func (c *Clone) runSession(ctx context.Context) error {
+	c.mu.Lock()
+	resumable := c.resumable
+	c.mu.Unlock()
+	if !resumable {
+		// Verify our own disk before talking to the master: this is what
+		// repairs a clone that crashed in the middle of applying a change.
+		local, err := tree.Scan(ctx, c.cfg.Root, tree.ScanOptions{Prev: c.local, OnError: func(p string, err error) {
+			c.log.Warn("cannot read local file, it will be replaced", "path", p, "error", err)
+		}})
+		if err != nil {
+			return applyError{fmt.Errorf("scan local tree: %w", err)}
+		}
+		c.local = local
+	}
+	dial := c.cfg.Dial
+	if dial == nil {
+		d := &net.Dialer{Timeout: 3 * time.Second}
+		dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+	}
+	conn, err := dial(ctx, c.cfg.MasterAddr)
+	if err != nil {
+		return fmt.Errorf("dial master %s: %w", c.cfg.MasterAddr, err)
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	s := &session{c: c, conn: conn, r: bufio.NewReaderSize(conn, 1<<20), w: bufio.NewWriterSize(conn, 64*1024)}
+	defer func() {
+		if s.fw != nil {
+			s.fw.Abort()
+		}
+	}()
+	hello, err := s.handshake()
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.st.Connected = true
+	c.st.MasterSeq = s.head
+	pos := c.st.Position
+	resume := c.resumable && c.session == hello.Session && pos.Term == s.term
+	c.mu.Unlock()
+	if resume {
+		err = s.send(wire.TResume, pos.Seq, (&wire.Resume{Session: hello.Session}).Marshal())
+	} else {
+		err = s.send(wire.TNeedManifest, pos.Seq, nil)
+	}
+	if err != nil {
+		return err
+	}
+	f, err := s.read(wire.MaxPayload)
+	if err != nil {
+		return err
+	}
+	if err := s.checkTerm(f); err != nil {
+		return err
+	}
+	switch f.Type {
+	case wire.TResume:
+		if !resume || f.Seq != pos.Seq {
+			return errors.New("master resumed a position we did not ask for")
+		}
+		c.log.Info("resumed", "term", s.term, "seq", pos.Seq)
+	case wire.TManifestChunk, wire.TManifestEnd:
+		c.mu.Lock()
+		c.resumable = false
+		c.session = hello.Session
+		c.mu.Unlock()
+		if err := s.initialSync(ctx, f); err != nil {
+			return err
+		}
+	case wire.TError:
+		return peerError(f)
+	default:
+		return fmt.Errorf("unexpected %s from master", f.Type)
+	}
+	return s.stream(ctx)
+}
+
+func peerError(f wire.Frame) error {
+	var em wire.ErrorMsg
+	_ = em.Unmarshal(f.Payload)
+	return fmt.Errorf("master says: %s", em.Msg)
+}
+
+// handshake authenticates both ways and applies the fencing rule: a master
+// of an older term than one we have seen is refused.
+func (s *session) handshake() (wire.Hello, error) {
+	c := s.c
+	_ = s.conn.SetDeadline(time.Now().Add(handshakeTimeout))
+	defer s.conn.SetDeadline(time.Time{})
+	var hello wire.Hello
+	f, err := s.read(wire.MaxAuthPayload)
+	if err != nil {
+		return hello, fmt.Errorf("read hello: %w", err)
+	}
+	if f.Type != wire.THello || hello.Unmarshal(f.Payload) != nil {
+		return hello, fmt.Errorf("%w: no valid hello from %s", ErrAuth, c.cfg.MasterAddr)
+	}
+	if hello.Version != wire.Version {
+		return hello, fmt.Errorf("master speaks protocol %d, we speak %d", hello.Version, wire.Version)
+	}
+	st := c.cfg.State.Get()
+	known := st.Term
+	auth := wire.Auth{Nonce: nonce(), ClientID: c.cfg.ID}
+	auth.MAC = mac(c.cfg.Secret, "bedrock-sync client", hello.Nonce[:], auth.Nonce[:], f.Term, known, c.cfg.ID)
+	s.term = known
+	if err := s.send(wire.TAuth, st.Position.Seq, auth.Marshal()); err != nil {
+		return hello, err
+	}
+	g, err := s.read(wire.MaxAuthPayload)
+	if err != nil {
+		return hello, fmt.Errorf("%w: %w", ErrAuth, err)
+	}
+	if g.Type == wire.TError {
+		return hello, fmt.Errorf("%w: %w", ErrAuth, peerError(g))
+	}
+	var ok wire.AuthOK
+	if g.Type != wire.TAuthOK || ok.Unmarshal(g.Payload) != nil {
+		return hello, fmt.Errorf("%w: bad auth reply", ErrAuth)
+	}
+	want := mac(c.cfg.Secret, "bedrock-sync server", auth.Nonce[:], hello.Nonce[:], f.Term, known, c.cfg.ID)
+	if !hmac.Equal(want[:], ok.MAC[:]) {
+		return hello, fmt.Errorf("%w: master at %s does not know the secret", ErrAuth, c.cfg.MasterAddr)
+	}
+	if f.Term < known {
+		_ = s.send(wire.TError, 0, (&wire.ErrorMsg{Msg: fmt.Sprintf("stale term %d, seen %d", f.Term, known)}).Marshal())
+		return hello, fmt.Errorf("%w: master has term %d, we have seen %d", ErrStaleTerm, f.Term, known)
+	}
+	if f.Term > known {
+		if err := c.cfg.State.Update(func(st *State) { st.Term = f.Term }); err != nil {
+			return hello, applyError{err}
+		}
+	}
+	s.term, s.head = f.Term, f.Seq
+	c.cfg.Metrics.Term.Set(float64(f.Term))
+	return hello, nil
+}
+
+func (s *session) checkTerm(f wire.Frame) error {
+	if f.Term != s.term {
+		return fmt.Errorf("%w: frame of term %d in a session of term %d", ErrStaleTerm, f.Term, s.term)
+	}
+	return nil
+}
+
+type plan struct {
+	requests []wire.Request
+	bytes    int64
+	dirs     []*tree.Entry
+}
+
+// initialSync receives the manifest, brings the local tree in line, and
+// requests exactly the blocks that differ.
+func (s *session) initialSync(ctx context.Context, f wire.Frame) error {
+	c := s.c
+	var dec tree.ManifestDecoder
+	for f.Type == wire.TManifestChunk {
+		if err := dec.Add(f.Payload); err != nil {
+			c.log.Error("rejecting manifest from master", "error", err)
+			_ = s.send(wire.TError, 0, (&wire.ErrorMsg{Msg: "manifest rejected: " + err.Error()}).Marshal())
+			return applyError{fmt.Errorf("manifest rejected: %w", err)}
+		}
+		var err error
+		if f, err = s.read(wire.MaxPayload); err != nil {
+			return err
+		}
+		if err := s.checkTerm(f); err != nil {
+			return err
+		}
+	}
+	if f.Type != wire.TManifestEnd {
+		return fmt.Errorf("unexpected %s in manifest", f.Type)
+	}
+	snap := f.Seq
+	master := dec.Entries
+	if master == nil {
+		master = map[string]*tree.Entry{}
+	}
+	c.log.Info("manifest received", "entries", len(master), "seq", snap)
+	p, err := c.reconcileLocal(master, s.term)
+	if err != nil {
+		return applyError{err}
+	}
+	c.mu.Lock()
+	c.st.Progress = Progress{FilesTotal: int64(len(p.requests)), BytesTotal: p.bytes}
+	c.st.Synced = false
+	c.mu.Unlock()
+	c.progress(true)
+	sendErr := make(chan error, 1)
+	go func() {
+		for _, rq := range p.requests {
+			s.wmu.Lock()
+			err := wire.WriteFrame(s.w, wire.Frame{Type: wire.TRequest, Term: s.term, Seq: snap, Payload: rq.Marshal()})
+			s.wmu.Unlock()
+			if err != nil {
+				sendErr <- err
+				return
+			}
+		}
+		sendErr <- s.send(wire.TRequestsDone, snap, nil)
+	}()
+	for {
+		f, err := s.read(wire.MaxPayload)
+		if err != nil {
+			return err
+		}
+		if err := s.checkTerm(f); err != nil {
+			return err
+		}
+		if f.Type == wire.TSynced {
+			break
+		}
+		if f.Type == wire.TError {
+			return peerError(f)
+		}
+		done, err := s.applyFile(f)
+		if err != nil {
+			return err
+		}
+		if done {
+			c.mu.Lock()
+			c.st.Progress.FilesDone++
+			c.mu.Unlock()
+			c.progress(false)
+		}
+	}
+	if err := <-sendErr; err != nil {
+		return err
+	}
+	// Directory metadata last, children first: creating entries moved the
+	// directories' mtimes.
+	sort.Slice(p.dirs, func(i, j int) bool { return p.dirs[i].Path > p.dirs[j].Path })
+	for _, d := range p.dirs {
+		if err := c.ap.SetMeta(metaOf(d)); err != nil {
+			return applyError{err}
+		}
+	}
+	if err := c.ap.Sync(); err != nil {
+		return applyError{err}
+	}
+	pos := Position{Term: s.term, Seq: snap}
+	if err := c.cfg.State.Update(func(st *State) {
+		st.Position, st.Synced, st.Role = pos, true, "clone"
+	}); err != nil {
+		return applyError{err}
+	}
+	c.mu.Lock()
+	c.st.Position, c.st.Synced = pos, true
+	c.st.MasterSeq = max(c.st.MasterSeq, snap)
+	c.st.Progress.Done = true
+	c.st.Progress.BytesDone = c.st.Progress.BytesTotal
+	c.resumable = true
+	c.mu.Unlock()
+	c.progress(true)
+	c.cfg.Metrics.Seq.Set(float64(snap))
+	c.log.Info("initial sync complete", "seq", snap)
+	return s.send(wire.TAck, snap, nil)
+}
+
+func (c *Clone) progress(force bool) {
+	c.mu.Lock()
+	p := c.st.Progress
+	due := force || time.Since(c.lastProg) > time.Second
+	if due {
+		c.lastProg = time.Now()
+	}
+	c.mu.Unlock()
+	c.cfg.Metrics.InitBytes.Set(float64(p.BytesDone))
+	c.cfg.Metrics.InitBytesTot.Set(float64(p.BytesTotal))
+	c.cfg.Metrics.InitFiles.Set(float64(p.FilesDone))
+	c.cfg.Metrics.InitFilesTot.Set(float64(p.FilesTotal))
+	if due && c.cfg.OnProgress != nil {
+		c.cfg.OnProgress(p)
+	}
+}
+
+// reconcileLocal makes the local tree's structure match the manifest
+// (moving divergent data aside first if this node was master in an older
+// term) and returns the block requests for file content.
+func (c *Clone) reconcileLocal(master map[string]*tree.Entry, term uint64) (*plan, error) {
+	local := c.local
+	st := c.cfg.State.Get()
+	if st.Role == "master" && st.MasterTerm < term {
+		dest := fmt.Sprintf("%s/term%d-%s", tree.LostFound, st.MasterTerm, time.Now().UTC().Format("20060102T150405.000Z"))
+		moved := 0
+		for _, l := range tree.Sorted(local) {
+			if local[l.Path] == nil { // inside a directory moved already
+				continue
+			}
+			m := master[l.Path]
+			diverged := m == nil || (m.Type != l.Type && m.Type != tree.TypeUnreadable) ||
+				(l.Type == tree.TypeFile && m.Type == tree.TypeFile && !tree.SameContent(l, m)) ||
+				(l.Type == tree.TypeSymlink && m.Target != l.Target)
+			if !diverged || l.Type == tree.TypeUnreadable {
+				continue
+			}
+			if err := c.ap.MoveAside(l.Path, dest+"/"+l.Path); err != nil {
+				return nil, err
+			}
+			moved++
+			for k := range local {
+				if tree.Under(k, l.Path) {
+					delete(local, k)
+				}
+			}
+		}
+		if moved > 0 {
+			c.log.Warn("former master: divergent data moved aside", "entries", moved, "dir", dest)
+		}
+	}
+	// Deletes (top level only).
+	for _, l := range tree.Sorted(local) {
+		if local[l.Path] == nil {
+			continue
+		}
+		m := master[l.Path]
+		if m != nil && (m.Type == l.Type || m.Type == tree.TypeUnreadable) {
+			continue
+		}
+		if err := c.ap.Delete(l.Path); err != nil {
+			return nil, err
+		}
+		for k := range local {
+			if tree.Under(k, l.Path) {
+				delete(local, k)
+			}
+		}
+	}
+	p := &plan{}
+	for _, m := range tree.Sorted(master) {
+		l := local[m.Path]
+		switch m.Type {
+		case tree.TypeDir:
+			if l == nil {
+				if err := c.ap.Mkdir(metaOf(m)); err != nil {
+					return nil, err
+				}
+			}
+			p.dirs = append(p.dirs, m)
+		case tree.TypeSymlink:
+			if l == nil || l.Target != m.Target || !tree.SameMeta(l, m, c.cfg.Owners) {
+				if err := c.ap.Symlink(wire.Symlink{Path: m.Path, Target: m.Target, MtimeNs: m.MtimeNs, UID: m.UID, GID: m.GID}); err != nil {
+					return nil, err
+				}
+			}
+		case tree.TypeFile:
+			if l == nil || l.Type != tree.TypeFile {
+				p.requests = append(p.requests, wire.Request{Path: m.Path, KnownBlocks: uint64(len(m.Hashes)), Whole: true})
+				p.bytes += m.Size
+				continue
+			}
+			rs := changedRanges(l.Hashes, m.Hashes)
+			if len(rs) > 0 || l.Size != m.Size {
+				p.requests = append(p.requests, wire.Request{Path: m.Path, KnownBlocks: uint64(len(m.Hashes)), Ranges: rs})
+				for _, r := range rs {
+					p.bytes += int64(r.Count) * tree.BlockSize
+				}
+				continue
+			}
+			if !tree.SameMeta(l, m, c.cfg.Owners) {
+				if err := c.ap.SetMeta(metaOf(m)); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
+	return p, nil
+}
+
+// applyFile handles file frames; done is true when a file was committed
+// (or reported gone).
+func (s *session) applyFile(f wire.Frame) (bool, error) {
+	c := s.c
+	switch f.Type {
+	case wire.TFileBegin:
+		var b wire.FileBegin
+		if err := b.Unmarshal(f.Payload); err != nil {
+			return false, err
+		}
+		if err := tree.ValidName(b.Path); err != nil || tree.Excluded(b.Path) {
+			return false, applyError{fmt.Errorf("master sent a bad name: %w", tree.ErrBadName)}
+		}
+		if s.fw != nil {
+			return false, errors.New("file begins inside another file")
+		}
+		fw, err := c.ap.BeginFile(b)
+		if err != nil {
+			return false, applyError{err}
+		}
+		s.fw = fw
+	case wire.TFileData:
+		if s.fw == nil {
+			return false, errors.New("file data outside a file")
+		}
+		var d wire.FileData
+		if err := d.Unmarshal(f.Payload); err != nil {
+			return false, err
+		}
+		if err := s.fw.Write(d); err != nil {
+			if errors.Is(err, tree.ErrBadBlock) || errors.Is(err, wire.ErrMalformed) {
+				return false, err // transport problem: resume re-requests
+			}
+			return false, applyError{err}
+		}
+		c.cfg.Metrics.BytesReceived.Add(float64(len(d.Data)))
+		c.mu.Lock()
+		c.st.Progress.BytesDone += int64(len(d.Data))
+		c.mu.Unlock()
+	case wire.TFileEnd:
+		if s.fw == nil {
+			return false, errors.New("file end outside a file")
+		}
+		fw := s.fw
+		s.fw = nil
+		if err := fw.Commit(); err != nil {
+			return false, applyError{err}
+		}
+		return true, nil
+	case wire.TFileGone:
+		var pm wire.PathMsg
+		if err := pm.Unmarshal(f.Payload); err != nil {
+			return false, err
+		}
+		return true, nil
+	default:
+		return false, fmt.Errorf("unexpected %s from master", f.Type)
+	}
+	return false, nil
+}
+
+// stream applies live ops in order and acknowledges, after syncing the
+// filesystem, whenever it has drained what the master sent (group commit).
+func (s *session) stream(ctx context.Context) error {
+	c := s.c
+	c.mu.Lock()
+	c.resumable = true
+	c.st.Healthy, c.st.Error = true, ""
+	c.mu.Unlock()
+	c.cfg.Metrics.Healthy.Set(1)
+	c.updateCaughtUp()
+	var unacked bool
+	for ctx.Err() == nil {
+		if unacked && s.r.Buffered() == 0 {
+			if err := c.ap.Sync(); err != nil {
+				return applyError{err}
+			}
+			pos := c.Status().Position
+			if err := s.send(wire.TAck, pos.Seq, nil); err != nil {
+				return err
+			}
+			unacked = false
+			c.updateCaughtUp()
+		}
+		f, err := s.read(wire.MaxPayload)
+		if err != nil {
+			return err
+		}
+		if err := s.checkTerm(f); err != nil {
+			return err
+		}
+		applied := true
+		switch f.Type {
+		case wire.THeartbeat:
+			c.mu.Lock()
+			c.st.MasterSeq = max(c.st.MasterSeq, f.Seq)
+			c.mu.Unlock()
+			c.updateCaughtUp()
+			// Ack heartbeats too, so the master sees we are alive.
+			if !unacked {
+				if err := s.send(wire.TAck, c.Status().Position.Seq, nil); err != nil {
+					return err
+				}
+			}
+			continue
+		case wire.TFileBegin, wire.TFileData:
+			applied = false
+			_, err = s.applyFile(f)
+		case wire.TFileEnd, wire.TFileGone:
+			_, err = s.applyFile(f)
+		case wire.TMkdir:
+			var m wire.Meta
+			if err = m.Unmarshal(f.Payload); err == nil {
+				if err = checkName(m.Path); err == nil {
+					err = wrapApply(c.ap.Mkdir(m))
+				}
+			}
+		case wire.TMeta:
+			var m wire.Meta
+			if err = m.Unmarshal(f.Payload); err == nil {
+				if err = checkName(m.Path); err == nil {
+					err = wrapApply(c.ap.SetMeta(m))
+				}
+			}
+		case wire.TSymlink:
+			var m wire.Symlink
+			if err = m.Unmarshal(f.Payload); err == nil {
+				if err = checkName(m.Path); err == nil {
+					err = wrapApply(c.ap.Symlink(m))
+				}
+			}
+		case wire.TDelete:
+			var m wire.PathMsg
+			if err = m.Unmarshal(f.Payload); err == nil {
+				if err = checkName(m.Path); err == nil {
+					err = wrapApply(c.ap.Delete(m.Path))
+				}
+			}
+		case wire.TRename:
+			var m wire.Rename
+			if err = m.Unmarshal(f.Payload); err == nil {
+				if err = checkName(m.From); err == nil {
+					if err = checkName(m.To); err == nil {
+						err = wrapApply(c.ap.Rename(m.From, m.To))
+					}
+				}
+			}
+		case wire.TResyncRequired:
+			return applyError{errors.New("master no longer holds our position, resyncing")}
+		case wire.TError:
+			return peerError(f)
+		default:
+			return fmt.Errorf("unexpected %s from master", f.Type)
+		}
+		if err != nil {
+			return err
+		}
+		if applied {
+			c.mu.Lock()
+			c.st.Position = Position{Term: s.term, Seq: f.Seq}
+			c.st.MasterSeq = max(c.st.MasterSeq, f.Seq)
+			c.mu.Unlock()
+			c.cfg.Metrics.Seq.Set(float64(f.Seq))
+			unacked = true
+		}
+	}
+	return ctx.Err()
+}
+
+func (c *Clone) updateCaughtUp() {
+	c.mu.Lock()
+	c.st.CaughtUp = c.st.Synced && c.st.Position.Seq >= c.st.MasterSeq
+	up := c.st.CaughtUp
+	c.mu.Unlock()
+	if up {
+		c.cfg.Metrics.CaughtUp.Set(1)
+	} else {
+		c.cfg.Metrics.CaughtUp.Set(0)
+	}
+}
+
+func checkName(p string) error {
+	if err := tree.ValidName(p); err != nil {
+		return applyError{err}
+	}
+	if tree.Excluded(p) {
+		return applyError{fmt.Errorf("%w: %q is reserved", tree.ErrBadName, p)}
+	}
+	return nil
+}
+
+func wrapApply(err error) error {
+	if err == nil {
+		return nil
+	}
+	return applyError{err}
+}

@@ -1,0 +1,701 @@
+package replica
+
+import (
+	"bufio"
+	"context"
+	"crypto/hmac"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/hashicorp/go-hclog"
+	"github.com/zeebo/xxh3"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/tree"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/wire"
+)
+
+// MasterConfig configures a Master.
+type MasterConfig struct {
+	Dir      string   // absolute path of the data directory (for inotify)
+	Root     *os.Root // the same directory; all reads go through it
+	Term     uint64
+	Listener net.Listener
+	Secret   []byte
+	Logger   hclog.Logger
+	Metrics  *Metrics
+	Owners   bool // replicate uid/gid
+	// RescanInterval is the safety-net full rescan period.
+	RescanInterval time.Duration
+	// LogOps bounds the in-memory op log; a clone further behind resyncs
+	// through the manifest.
+	LogOps int
+	// OnFenced is called once when a peer shows a newer term.
+	OnFenced func(term uint64)
+}
+
+// Master serves the data directory to clones.
+type Master struct {
+	cfg     MasterConfig
+	log     hclog.Logger
+	session uint64
+	watcher *fsnotify.Watcher
+	buf     []byte
+	stop    chan struct{}
+
+	mu       sync.Mutex
+	cache    map[string]*tree.Entry
+	ops      []*op // ops[i].seq == first+i
+	first    uint64
+	head     uint64
+	notify   chan struct{} // closed when ops grow
+	ready    chan struct{} // closed after the first scan
+	fenced   bool
+	clones   map[*cloneConn]struct{}
+	stopOnce sync.Once
+}
+
+// NewMaster prepares a master; Run starts it.
+func NewMaster(cfg MasterConfig) *Master {
+	if cfg.RescanInterval <= 0 {
+		cfg.RescanInterval = 30 * time.Second
+	}
+	if cfg.LogOps <= 0 {
+		cfg.LogOps = 100000
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(nil)
+	}
+	return &Master{
+		cfg: cfg, log: cfg.Logger, session: randomSession(), buf: make([]byte, 256*tree.BlockSize),
+		stop: make(chan struct{}), cache: make(map[string]*tree.Entry), first: 1,
+		notify: make(chan struct{}), ready: make(chan struct{}), clones: make(map[*cloneConn]struct{}),
+	}
+}
+
+// cacheSnapshotMap returns the cache for use as a scan's Prev. Only the
+// watch goroutine writes the cache, so it may read it without the lock.
+func (m *Master) cacheSnapshotMap() map[string]*tree.Entry { return m.cache }
+
+func (m *Master) cacheDelete(p string) {
+	for k := range m.cache {
+		if tree.Under(k, p) {
+			delete(m.cache, k)
+		}
+	}
+}
+
+func (m *Master) cacheRename(from, to string) {
+	m.cacheDelete(to)
+	moved := make(map[string]*tree.Entry)
+	for k, e := range m.cache {
+		if tree.Under(k, from) {
+			n := *e
+			n.Path = to + k[len(from):]
+			moved[n.Path] = &n
+			delete(m.cache, k)
+		}
+	}
+	for k, e := range moved {
+		m.cache[k] = e
+	}
+}
+
+// appendOps assigns sequence numbers and wakes senders. Called with mu held.
+func (m *Master) appendOps(ops []*op) {
+	if len(ops) == 0 {
+		return
+	}
+	now := time.Now()
+	for _, o := range ops {
+		m.head++
+		o.seq, o.at = m.head, now
+		m.ops = append(m.ops, o)
+		if m.log.IsDebug() {
+			m.log.Debug("op", "seq", o.seq, "kind", o.kind.String(), "path", o.path, "to", o.to, "ranges", len(o.ranges), "whole", o.whole)
+		}
+	}
+	if over := len(m.ops) - m.cfg.LogOps; over > 0 {
+		m.ops = append([]*op(nil), m.ops[over:]...)
+		m.first += uint64(over)
+	}
+	m.cfg.Metrics.Ops.Add(float64(len(ops)))
+	m.cfg.Metrics.Seq.Set(float64(m.head))
+	close(m.notify)
+	m.notify = make(chan struct{})
+}
+
+// Position is the master's head.
+func (m *Master) Position() Position {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return Position{Term: m.cfg.Term, Seq: m.head}
+}
+
+// Fenced reports whether a newer term was seen.
+func (m *Master) Fenced() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.fenced
+}
+
+// Ready is closed once the first full scan is done.
+func (m *Master) Ready() <-chan struct{} { return m.ready }
+
+// Run watches and serves until ctx ends or the master is fenced.
+func (m *Master) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	m.cfg.Metrics.Term.Set(float64(m.cfg.Term))
+	errc := make(chan error, 1)
+	go func() {
+		err := m.watchLoop(ctx)
+		if err != nil {
+			m.log.Error("watcher stopped", "error", err)
+		}
+		errc <- err
+	}()
+	// Wait for the first scan before serving: a manifest of a half-scanned
+	// tree would make clones delete what is not scanned yet.
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-errc:
+		return fmt.Errorf("watch %s: %w", m.cfg.Dir, err)
+	case <-m.ready:
+	}
+	m.log.Info("master serving", "term", m.cfg.Term, "addr", m.cfg.Listener.Addr().String())
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-m.stop:
+		}
+		m.cfg.Listener.Close()
+	}()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		conn, err := m.cfg.Listener.Accept()
+		if err != nil {
+			cancel()
+			m.closeClones()
+			if m.Fenced() {
+				return ErrFenced
+			}
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m.serve(ctx, conn)
+		}()
+	}
+}
+
+func (m *Master) fence(term uint64) {
+	m.mu.Lock()
+	if m.fenced {
+		m.mu.Unlock()
+		return
+	}
+	m.fenced = true
+	m.mu.Unlock()
+	m.log.Warn("newer term seen, master stops serving", "term", m.cfg.Term, "newer", term)
+	m.stopOnce.Do(func() { close(m.stop) })
+	m.closeClones()
+	if m.cfg.OnFenced != nil {
+		m.cfg.OnFenced(term)
+	}
+}
+
+func (m *Master) closeClones() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for c := range m.clones {
+		c.conn.Close()
+	}
+}
+
+// cloneConn is the master's view of one connected clone.
+type cloneConn struct {
+	m      *Master
+	conn   net.Conn
+	id     string
+	w      *bufio.Writer
+	wmu    sync.Mutex
+	acked  Position
+	synced bool
+	sent   int64
+	files  int64
+	since  time.Time
+	rbuf   []byte
+}
+
+// CloneStatus is the master's view of a clone.
+type CloneStatus struct {
+	ID         string  `json:"id"`
+	Addr       string  `json:"addr"`
+	Acked      uint64  `json:"acked_seq"`
+	LagOps     uint64  `json:"lag_ops"`
+	LagSeconds float64 `json:"lag_seconds"`
+	Synced     bool    `json:"synced"`
+	BytesSent  int64   `json:"bytes_sent"`
+	FilesSent  int64   `json:"files_sent"`
+}
+
+// Clones reports every connected clone's lag.
+func (m *Master) Clones() []CloneStatus {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []CloneStatus
+	now := time.Now()
+	for c := range m.clones {
+		s := CloneStatus{ID: c.id, Addr: c.conn.RemoteAddr().String(), Acked: c.acked.Seq, Synced: c.synced, BytesSent: c.sent, FilesSent: c.files}
+		if c.acked.Seq < m.head {
+			s.LagOps = m.head - c.acked.Seq
+			if i := c.acked.Seq + 1; i >= m.first && i-m.first < uint64(len(m.ops)) {
+				s.LagSeconds = now.Sub(m.ops[i-m.first].at).Seconds()
+			} else {
+				s.LagSeconds = now.Sub(c.since).Seconds()
+			}
+		}
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+func (c *cloneConn) send(t wire.Type, seq uint64, payload []byte) error {
+	return wire.WriteFrame(c.w, wire.Frame{Type: t, Term: c.m.cfg.Term, Seq: seq, Payload: payload})
+}
+
+func (c *cloneConn) flush() error {
+	_ = c.conn.SetWriteDeadline(time.Now().Add(readTimeout))
+	return c.w.Flush()
+}
+
+// serve runs one clone connection: authenticate, then manifest or resume,
+// then the live stream. Nothing but the handshake is read from a peer that
+// has not proved it knows the secret.
+func (m *Master) serve(ctx context.Context, conn net.Conn) {
+	defer conn.Close()
+	log := m.log.With("peer", conn.RemoteAddr().String())
+	c := &cloneConn{m: m, conn: conn, w: bufio.NewWriterSize(conn, 256*1024), since: time.Now(), rbuf: make([]byte, dataChunk)}
+	r := bufio.NewReaderSize(conn, 64*1024)
+	_ = conn.SetDeadline(time.Now().Add(handshakeTimeout))
+	hello := wire.Hello{Version: wire.Version, Session: m.session, Nonce: nonce()}
+	if err := c.send(wire.THello, m.Position().Seq, hello.Marshal()); err != nil || c.flush() != nil {
+		return
+	}
+	f, _, err := wire.ReadFrame(r, wire.MaxAuthPayload, nil)
+	if err != nil || f.Type != wire.TAuth {
+		log.Warn("rejecting peer: no valid auth frame", "error", err)
+		m.cfg.Metrics.AuthFailures.Inc()
+		return
+	}
+	var auth wire.Auth
+	if err := auth.Unmarshal(f.Payload); err != nil {
+		log.Warn("rejecting peer: malformed auth", "error", err)
+		m.cfg.Metrics.AuthFailures.Inc()
+		return
+	}
+	want := mac(m.cfg.Secret, "bedrock-sync client", hello.Nonce[:], auth.Nonce[:], m.cfg.Term, f.Term, auth.ClientID)
+	if !hmac.Equal(want[:], auth.MAC[:]) {
+		log.Warn("rejecting peer: authentication failed", "client", auth.ClientID)
+		m.cfg.Metrics.AuthFailures.Inc()
+		_ = c.send(wire.TError, 0, (&wire.ErrorMsg{Msg: "authentication failed"}).Marshal())
+		_ = c.flush()
+		return
+	}
+	ok := wire.AuthOK{MAC: mac(m.cfg.Secret, "bedrock-sync server", auth.Nonce[:], hello.Nonce[:], m.cfg.Term, f.Term, auth.ClientID)}
+	if err := c.send(wire.TAuthOK, 0, ok.Marshal()); err != nil || c.flush() != nil {
+		return
+	}
+	c.id = auth.ClientID
+	log = log.With("clone", c.id)
+	if f.Term > m.cfg.Term {
+		m.fence(f.Term)
+		return
+	}
+	m.mu.Lock()
+	if m.fenced {
+		m.mu.Unlock()
+		return
+	}
+	m.clones[c] = struct{}{}
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		delete(m.clones, c)
+		m.mu.Unlock()
+		m.cfg.Metrics.LagSeq.DeleteLabelValues(c.id)
+		m.cfg.Metrics.LagSeconds.DeleteLabelValues(c.id)
+	}()
+	_ = conn.SetDeadline(time.Time{})
+
+	// The first request decides between resume and manifest.
+	_ = conn.SetReadDeadline(time.Now().Add(handshakeTimeout))
+	f, _, err = wire.ReadFrame(r, wire.MaxPayload, nil)
+	if err != nil {
+		log.Warn("clone dropped before its request", "error", err)
+		return
+	}
+	_ = conn.SetReadDeadline(time.Time{})
+	resumeFrom := uint64(0)
+	resume := false
+	if f.Type == wire.TResume {
+		var rq wire.Resume
+		if rq.Unmarshal(f.Payload) == nil && rq.Session == m.session && f.Term == m.cfg.Term {
+			m.mu.Lock()
+			resume = f.Seq+1 >= m.first && f.Seq <= m.head
+			m.mu.Unlock()
+			resumeFrom = f.Seq
+		}
+	} else if f.Type != wire.TNeedManifest {
+		log.Warn("unexpected first request", "type", f.Type.String())
+		return
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	reqs := make(chan wire.Request, 1024)
+	readErr := make(chan error, 1)
+	go func() { readErr <- c.readLoop(ctx, r, reqs); cancel() }()
+
+	var err2 error
+	if resume {
+		log.Info("clone resumes", "from", resumeFrom)
+		m.mu.Lock()
+		c.acked = Position{Term: m.cfg.Term, Seq: resumeFrom}
+		c.synced = true
+		m.mu.Unlock()
+		c.wmu.Lock()
+		err2 = c.send(wire.TResume, resumeFrom, nil)
+		c.wmu.Unlock()
+		if err2 == nil {
+			err2 = c.stream(ctx, resumeFrom+1)
+		}
+	} else {
+		err2 = c.initialSync(ctx, reqs)
+	}
+	cancel()
+	rerr := <-readErr
+	if err2 != nil && !errors.Is(err2, context.Canceled) {
+		log.Warn("clone connection ended", "error", err2)
+	} else if rerr != nil && !errors.Is(rerr, io.EOF) && !errors.Is(rerr, net.ErrClosed) {
+		log.Warn("clone connection ended", "error", rerr)
+	} else {
+		log.Info("clone disconnected")
+	}
+}
+
+// readLoop handles frames from an authenticated clone: requests go to the
+// sender until RequestsDone, acks update its position.
+func (c *cloneConn) readLoop(ctx context.Context, r *bufio.Reader, reqs chan<- wire.Request) error {
+	m := c.m
+	open := true
+	defer func() {
+		if open {
+			close(reqs)
+		}
+	}()
+	var buf []byte
+	for {
+		// The clone acks at least every heartbeat; a long silence means it
+		// is gone (or frozen) and the connection is dropped.
+		_ = c.conn.SetReadDeadline(time.Now().Add(readTimeout * 6))
+		limit := wire.MaxPayload
+		if !open {
+			limit = wire.MaxAuthPayload
+		}
+		f, b, err := wire.ReadFrame(r, limit, buf)
+		buf = b
+		if err != nil {
+			return err
+		}
+		if f.Term > m.cfg.Term {
+			m.fence(f.Term)
+			return ErrFenced
+		}
+		switch f.Type {
+		case wire.TRequest:
+			if !open {
+				return errors.New("request after requests-done")
+			}
+			var rq wire.Request
+			if err := rq.Unmarshal(f.Payload); err != nil {
+				return err
+			}
+			if err := tree.ValidName(rq.Path); err != nil {
+				return fmt.Errorf("clone request: %w", err)
+			}
+			select {
+			case reqs <- rq:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		case wire.TRequestsDone:
+			if open {
+				open = false
+				close(reqs)
+			}
+		case wire.TAck:
+			c.ack(f)
+		case wire.TError:
+			var em wire.ErrorMsg
+			_ = em.Unmarshal(f.Payload)
+			return fmt.Errorf("clone reports: %s", em.Msg)
+		default:
+			return fmt.Errorf("unexpected %s from clone", f.Type)
+		}
+	}
+}
+
+func (c *cloneConn) ack(f wire.Frame) {
+	m := c.m
+	m.mu.Lock()
+	if f.Term == m.cfg.Term && f.Seq <= m.head && f.Seq >= c.acked.Seq {
+		c.acked = Position{Term: f.Term, Seq: f.Seq}
+	}
+	lag := m.head - c.acked.Seq
+	m.mu.Unlock()
+	m.cfg.Metrics.LagSeq.WithLabelValues(c.id).Set(float64(lag))
+}
+
+// initialSync sends the manifest at snapshot S, serves the clone's block
+// requests, then continues with the live stream from S+1.
+func (c *cloneConn) initialSync(ctx context.Context, reqs <-chan wire.Request) error {
+	m := c.m
+	m.mu.Lock()
+	snap := make(map[string]*tree.Entry, len(m.cache))
+	for k, v := range m.cache {
+		snap[k] = v
+	}
+	s := m.head
+	m.mu.Unlock()
+	c.wmu.Lock()
+	err := tree.EncodeManifest(tree.Sorted(snap), manifestChunk, func(b []byte) error {
+		return c.send(wire.TManifestChunk, s, b)
+	})
+	if err == nil {
+		err = c.send(wire.TManifestEnd, s, nil)
+	}
+	if err == nil {
+		err = c.flush()
+	}
+	c.wmu.Unlock()
+	if err != nil {
+		return fmt.Errorf("send manifest: %w", err)
+	}
+	m.log.Info("manifest sent", "clone", c.id, "entries", len(snap), "seq", s)
+	for {
+		var rq wire.Request
+		var ok bool
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case rq, ok = <-reqs:
+		}
+		if !ok {
+			break
+		}
+		e := snap[rq.Path]
+		if e == nil || e.Type != tree.TypeFile || rq.KnownBlocks != uint64(len(e.Hashes)) {
+			return fmt.Errorf("clone requested %q, which is not a file of the manifest", rq.Path)
+		}
+		c.wmu.Lock()
+		err := c.sendFile(s, rq.Path, rq.Ranges, rq.KnownBlocks, rq.Whole)
+		if err == nil && len(reqs) == 0 {
+			err = c.flush()
+		}
+		c.wmu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	c.wmu.Lock()
+	err = c.send(wire.TSynced, s, nil)
+	c.wmu.Unlock()
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	c.synced = true
+	m.mu.Unlock()
+	return c.stream(ctx, s+1)
+}
+
+// stream sends ops from seq next on, flushing whenever it catches up so a
+// lone change leaves at once, and heartbeats while idle.
+func (c *cloneConn) stream(ctx context.Context, next uint64) error {
+	m := c.m
+	hb := time.NewTicker(heartbeatEvery)
+	defer hb.Stop()
+	for {
+		m.mu.Lock()
+		if m.fenced {
+			m.mu.Unlock()
+			return ErrFenced
+		}
+		if next < m.first {
+			m.mu.Unlock()
+			c.wmu.Lock()
+			_ = c.send(wire.TResyncRequired, next, nil)
+			_ = c.flush()
+			c.wmu.Unlock()
+			return errors.New("clone fell behind the op log; it will resync")
+		}
+		var o *op
+		if next <= m.head {
+			o = m.ops[next-m.first]
+		}
+		notify := m.notify
+		head := m.head
+		m.mu.Unlock()
+		if o != nil {
+			c.wmu.Lock()
+			err := c.sendOp(o)
+			if err == nil && next == head {
+				err = c.flush()
+			}
+			c.wmu.Unlock()
+			if err != nil {
+				return err
+			}
+			next++
+			continue
+		}
+		c.wmu.Lock()
+		err := c.flush()
+		c.wmu.Unlock()
+		if err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-notify:
+		case <-hb.C:
+			c.wmu.Lock()
+			err := c.send(wire.THeartbeat, head, nil)
+			if err == nil {
+				err = c.flush()
+			}
+			c.wmu.Unlock()
+			if err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func metaOf(e *tree.Entry) wire.Meta {
+	return wire.Meta{Path: e.Path, Mode: uint32(e.Mode), MtimeNs: e.MtimeNs, UID: e.UID, GID: e.GID}
+}
+
+func (c *cloneConn) sendOp(o *op) error {
+	switch o.kind {
+	case wire.TFileBegin:
+		return c.sendFile(o.seq, o.path, o.ranges, o.known, o.whole)
+	case wire.TMkdir, wire.TMeta:
+		m := metaOf(o.entry)
+		return c.send(o.kind, o.seq, m.Marshal())
+	case wire.TSymlink:
+		e := o.entry
+		return c.send(o.kind, o.seq, (&wire.Symlink{Path: e.Path, Target: e.Target, MtimeNs: e.MtimeNs, UID: e.UID, GID: e.GID}).Marshal())
+	case wire.TDelete:
+		return c.send(o.kind, o.seq, (&wire.PathMsg{Path: o.path}).Marshal())
+	case wire.TRename:
+		return c.send(o.kind, o.seq, (&wire.Rename{From: o.path, To: o.to}).Marshal())
+	}
+	return fmt.Errorf("unknown op %s", o.kind)
+}
+
+// sendFile sends the requested blocks of a file as it is now, plus any
+// blocks past known (the file grew). A file that vanished is reported gone;
+// the op that removed it follows.
+func (c *cloneConn) sendFile(seq uint64, name string, ranges []wire.Range, known uint64, whole bool) error {
+	f, err := c.m.cfg.Root.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	var fi os.FileInfo
+	if err == nil {
+		fi, err = f.Stat()
+		if err == nil && !fi.Mode().IsRegular() {
+			err = errors.New("not a regular file")
+		}
+		if err != nil {
+			f.Close()
+		}
+	}
+	if err != nil {
+		return c.send(wire.TFileGone, seq, (&wire.PathMsg{Path: name}).Marshal())
+	}
+	defer f.Close()
+	e := tree.FromInfo(name, fi)
+	nb := uint64(tree.Blocks(e.Size))
+	if whole {
+		ranges = []wire.Range{{Start: 0, Count: nb}}
+	} else if nb > known {
+		ranges = append(append([]wire.Range(nil), ranges...), wire.Range{Start: known, Count: nb - known})
+	}
+	begin := wire.FileBegin{Path: name, Size: e.Size, Mode: uint32(e.Mode), MtimeNs: e.MtimeNs, UID: e.UID, GID: e.GID, Whole: whole}
+	if err := c.send(wire.TFileBegin, seq, begin.Marshal()); err != nil {
+		return err
+	}
+	var sent int64
+	for _, r := range ranges {
+		start, end := r.Start, min(r.Start+r.Count, nb)
+		for start < end {
+			n := min(end-start, dataChunk/tree.BlockSize)
+			buf := c.rbuf[:int(n)*tree.BlockSize]
+			off := int64(start) * tree.BlockSize
+			k, err := f.ReadAt(buf, off)
+			if err != nil && !errors.Is(err, io.EOF) {
+				return fmt.Errorf("read %s: %w", name, err)
+			}
+			if k == 0 {
+				break
+			}
+			data := buf[:k]
+			hashes := make([]uint64, 0, n)
+			for o := 0; o < k; o += tree.BlockSize {
+				hashes = append(hashes, xxh3.Hash(data[o:min(o+tree.BlockSize, k)]))
+			}
+			fd := wire.FileData{Offset: off, Hashes: hashes, Data: data}
+			if err := c.send(wire.TFileData, seq, fd.Marshal()); err != nil {
+				return err
+			}
+			sent += int64(k)
+			if k < len(buf) {
+				break
+			}
+			start += n
+		}
+	}
+	if err := c.send(wire.TFileEnd, seq, nil); err != nil {
+		return err
+	}
+	c.m.mu.Lock()
+	c.sent += sent
+	c.files++
+	c.m.mu.Unlock()
+	c.m.cfg.Metrics.BytesSent.WithLabelValues(c.id).Add(float64(sent))
+	c.m.cfg.Metrics.FilesSent.WithLabelValues(c.id).Inc()
+	return nil
+}
+

@@ -1,0 +1,401 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/tree"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/wire"
+)
+
+// op is one replicated change. File ops name the blocks that changed; the
+// sender reads them when it sends.
+type op struct {
+	seq    uint64
+	at     time.Time
+	kind   wire.Type // TFileBegin, TMkdir, TSymlink, TDelete, TRename, TMeta
+	path   string
+	to     string // rename target
+	entry  *tree.Entry
+	ranges []wire.Range
+	known  uint64 // blocks the ranges refer to
+	whole  bool
+}
+
+// watchLoop detects changes: inotify events mark paths dirty; the dirty set
+// is processed as soon as the loop is free, so a lone write goes out at once
+// while a burst that arrives during processing is coalesced into the next
+// pass. A periodic rescan and every inotify overflow compare the whole tree
+// with the cache, so a missed event delays a change but never loses it.
+func (m *Master) watchLoop(ctx context.Context) error {
+	w, err := fsnotify.NewBufferedWatcher(4096)
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	m.watcher = w
+	m.addWatches("")
+	// The first scan fills the cache without producing ops: clones start
+	// from a manifest anyway.
+	first, err := tree.Scan(ctx, m.cfg.Root, tree.ScanOptions{OnError: m.unreadable})
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.cache = first
+	m.mu.Unlock()
+	close(m.ready)
+
+	rescan := time.NewTicker(m.cfg.RescanInterval)
+	defer rescan.Stop()
+	dirty := make(map[string]struct{})
+	add := func(ev fsnotify.Event) {
+		rel, ok := m.rel(ev.Name)
+		if !ok || rel == "" || tree.Excluded(rel) {
+			return
+		}
+		dirty[rel] = struct{}{}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-m.stop:
+			return nil
+		case ev, ok := <-w.Events:
+			if !ok {
+				return errors.New("watcher closed")
+			}
+			add(ev)
+		case err, ok := <-w.Errors:
+			if !ok {
+				return errors.New("watcher closed")
+			}
+			if errors.Is(err, fsnotify.ErrEventOverflow) {
+				m.cfg.Metrics.Overflows.Inc()
+				m.log.Warn("inotify queue overflow, rescanning")
+			} else {
+				m.log.Warn("watch error, rescanning", "error", err)
+			}
+			clear(dirty)
+			m.fullRescan(ctx)
+			continue
+		case <-rescan.C:
+			m.fullRescan(ctx)
+			continue
+		}
+		// Drain whatever else is already queued, then process at once.
+	drain:
+		for {
+			select {
+			case ev := <-w.Events:
+				add(ev)
+			default:
+				break drain
+			}
+		}
+		m.processDirty(ctx, dirty)
+		clear(dirty)
+	}
+}
+
+func (m *Master) rel(abs string) (string, bool) {
+	r, err := filepath.Rel(m.cfg.Dir, abs)
+	if err != nil || r == ".." || strings.HasPrefix(r, "../") {
+		return "", false
+	}
+	if r == "." {
+		return "", true
+	}
+	return filepath.ToSlash(r), true
+}
+
+func (m *Master) addWatches(under string) {
+	if m.watcher == nil {
+		return
+	}
+	_ = fs.WalkDir(m.cfg.Root.FS(), dotIfEmpty(under), func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if !d.IsDir() {
+			return nil
+		}
+		if p != "." && tree.Excluded(p) {
+			return fs.SkipDir
+		}
+		if err := m.watcher.Add(filepath.Join(m.cfg.Dir, p)); err != nil {
+			m.log.Warn("cannot watch directory", "dir", p, "error", err)
+		}
+		return nil
+	})
+}
+
+func dotIfEmpty(s string) string {
+	if s == "" {
+		return "."
+	}
+	return s
+}
+
+func (m *Master) fullRescan(ctx context.Context) {
+	m.cfg.Metrics.Rescans.Inc()
+	now, err := tree.Scan(ctx, m.cfg.Root, tree.ScanOptions{Prev: m.cacheSnapshotMap(), OnError: m.unreadable})
+	if err != nil {
+		m.log.Warn("rescan failed", "error", err)
+		return
+	}
+	m.reconcile(now, []scope{{path: "", recursive: true}})
+}
+
+func (m *Master) unreadable(name string, err error) {
+	m.cfg.Metrics.Unreadable.Inc()
+	m.log.Warn("cannot read, clones keep their copy", "path", name, "error", err)
+}
+
+type scope struct {
+	path      string
+	recursive bool
+}
+
+func (s scope) covers(p string) bool {
+	if s.path == "" {
+		return s.recursive || !strings.Contains(p, "/")
+	}
+	if s.recursive {
+		return tree.Under(p, s.path)
+	}
+	return p == s.path
+}
+
+// processDirty looks at each dirty path (and its parent, whose mtime the
+// change moved) and reconciles what it finds with the cache.
+func (m *Master) processDirty(ctx context.Context, dirty map[string]struct{}) {
+	paths := make([]string, 0, len(dirty)*2)
+	seen := make(map[string]bool)
+	for p := range dirty {
+		for _, q := range []string{p, tree.Parent(p)} {
+			if q != "" && !seen[q] {
+				seen[q] = true
+				paths = append(paths, q)
+			}
+		}
+	}
+	sort.Strings(paths)
+	now := make(map[string]*tree.Entry)
+	var scopes []scope
+	m.mu.Lock()
+	cached := make(map[string]*tree.Entry, len(paths))
+	for _, p := range paths {
+		cached[p] = m.cache[p]
+	}
+	m.mu.Unlock()
+	for _, p := range paths {
+		old := cached[p]
+		e, err := tree.Lstat(m.cfg.Root, p)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			// A parent vanished or became a file: the parent's own entry
+			// handles it; nothing to read here.
+			e = nil
+		}
+		oldDir := old != nil && old.Type == tree.TypeDir
+		switch {
+		case e != nil && e.Type == tree.TypeDir && (!oldDir || old.Ino != e.Ino):
+			// Watch first, then scan: whatever is created after the watch
+			// raises an event, whatever before it is seen by the scan.
+			m.addWatches(p)
+			sub, err := tree.Scan(ctx, m.cfg.Root, tree.ScanOptions{Under: p, OnError: m.unreadable, Prev: m.cacheSnapshotMap()})
+			if err != nil {
+				m.log.Warn("scan failed", "path", p, "error", err)
+				continue
+			}
+			for k, v := range sub {
+				now[k] = v
+			}
+			scopes = append(scopes, scope{path: p, recursive: true})
+		case e == nil:
+			scopes = append(scopes, scope{path: p, recursive: oldDir})
+		default:
+			if e.Type == tree.TypeFile {
+				if old != nil && old.Type == tree.TypeFile && tree.Unchanged(old, e) {
+					e.Hashes = old.Hashes
+				} else if err := tree.HashEntry(m.cfg.Root, e, m.buf); err != nil {
+					if errors.Is(err, fs.ErrNotExist) {
+						scopes = append(scopes, scope{path: p, recursive: oldDir})
+						continue
+					}
+					m.unreadable(p, err)
+					e.Type, e.Hashes = tree.TypeUnreadable, nil
+				}
+			}
+			now[p] = e
+			scopes = append(scopes, scope{path: p, recursive: oldDir && e.Type != tree.TypeDir})
+		}
+	}
+	m.reconcile(now, scopes)
+}
+
+// reconcile turns the difference between the cache (within scopes) and now
+// into ops, in an order a clone can apply one by one: renames, deletes,
+// creations and content (parents first), then directory metadata (children
+// first, since creating a child moves its parent's mtime).
+func (m *Master) reconcile(now map[string]*tree.Entry, scopes []scope) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	inScope := func(p string) bool {
+		for _, s := range scopes {
+			if s.covers(p) {
+				return true
+			}
+		}
+		return false
+	}
+	var ops []*op
+	for round := 0; round < 3; round++ {
+		var removed, added []*tree.Entry
+		for p, old := range m.cache {
+			if !inScope(p) {
+				continue
+			}
+			n := now[p]
+			if n == nil || replaced(old, n) {
+				removed = append(removed, old)
+			}
+		}
+		for p, n := range now {
+			if old := m.cache[p]; old == nil || replaced(old, n) {
+				added = append(added, n)
+			}
+		}
+		// Renames: a top-level removed entry whose inode shows up as a
+		// top-level added entry.
+		byIno := make(map[[2]uint64]*tree.Entry)
+		rmSet := make(map[string]bool, len(removed))
+		for _, e := range removed {
+			rmSet[e.Path] = true
+		}
+		for _, e := range removed {
+			if e.Ino != 0 && !rmSet[tree.Parent(e.Path)] && e.Type != tree.TypeUnreadable {
+				byIno[[2]uint64{e.Dev, e.Ino}] = e
+			}
+		}
+		addSet := make(map[string]bool, len(added))
+		for _, e := range added {
+			addSet[e.Path] = true
+		}
+		sort.Slice(added, func(i, j int) bool { return added[i].Path < added[j].Path })
+		renamed := false
+		for _, e := range added {
+			if addSet[tree.Parent(e.Path)] {
+				continue
+			}
+			from := byIno[[2]uint64{e.Dev, e.Ino}]
+			if from == nil || from.Type != e.Type || from.Path == e.Path || tree.Under(e.Path, from.Path) || tree.Under(from.Path, e.Path) {
+				continue
+			}
+			delete(byIno, [2]uint64{e.Dev, e.Ino})
+			ops = append(ops, &op{kind: wire.TRename, path: from.Path, to: e.Path})
+			m.cacheRename(from.Path, e.Path)
+			renamed = true
+		}
+		if renamed {
+			continue // diff again with renames applied
+		}
+		// Deletes, top-level only.
+		sort.Slice(removed, func(i, j int) bool { return removed[i].Path < removed[j].Path })
+		for _, e := range removed {
+			if rmSet[tree.Parent(e.Path)] {
+				continue
+			}
+			ops = append(ops, &op{kind: wire.TDelete, path: e.Path})
+			m.cacheDelete(e.Path)
+		}
+		// Creations and changes, parents first.
+		all := make([]*tree.Entry, 0, len(now))
+		for _, e := range now {
+			all = append(all, e)
+		}
+		sort.Slice(all, func(i, j int) bool { return all[i].Path < all[j].Path })
+		var metas []*op
+		for _, n := range all {
+			old := m.cache[n.Path]
+			if o := diffEntry(old, n, m.cfg.Owners); o != nil {
+				if o.kind == wire.TMeta && n.Type == tree.TypeDir {
+					metas = append(metas, o)
+				} else {
+					ops = append(ops, o)
+				}
+				if o.kind == wire.TMkdir {
+					// Children created after it move its mtime on the
+					// clone: set it again once they exist.
+					metas = append(metas, &op{kind: wire.TMeta, path: n.Path, entry: n})
+				}
+			}
+			m.cache[n.Path] = n
+		}
+		for i := len(metas) - 1; i >= 0; i-- {
+			ops = append(ops, metas[i])
+		}
+		break
+	}
+	m.appendOps(ops)
+}
+
+// replaced says old and n are different objects under one name.
+func replaced(old, n *tree.Entry) bool {
+	if old.Type != n.Type {
+		return !(old.Type == tree.TypeUnreadable && n.Type == tree.TypeFile || old.Type == tree.TypeFile && n.Type == tree.TypeUnreadable)
+	}
+	return (old.Type == tree.TypeFile || old.Type == tree.TypeDir) && old.Ino != 0 && (old.Ino != n.Ino || old.Dev != n.Dev)
+}
+
+// diffEntry returns the op that brings a clone from old to n (nil if none).
+func diffEntry(old, n *tree.Entry, owners bool) *op {
+	switch n.Type {
+	case tree.TypeUnreadable:
+		return nil
+	case tree.TypeDir:
+		if old == nil || old.Type != tree.TypeDir {
+			return &op{kind: wire.TMkdir, path: n.Path, entry: n}
+		}
+	case tree.TypeSymlink:
+		if old == nil || old.Type != tree.TypeSymlink || old.Target != n.Target {
+			return &op{kind: wire.TSymlink, path: n.Path, entry: n}
+		}
+	case tree.TypeFile:
+		if old == nil || old.Type != tree.TypeFile || old.Hashes == nil {
+			return &op{kind: wire.TFileBegin, path: n.Path, entry: n, whole: true, known: uint64(len(n.Hashes)),
+				ranges: []wire.Range{{Start: 0, Count: uint64(len(n.Hashes))}}}
+		}
+		if rs := changedRanges(old.Hashes, n.Hashes); len(rs) > 0 || old.Size != n.Size {
+			return &op{kind: wire.TFileBegin, path: n.Path, entry: n, known: uint64(len(n.Hashes)), ranges: rs}
+		}
+	}
+	if old != nil && !tree.SameMeta(old, n, owners) {
+		return &op{kind: wire.TMeta, path: n.Path, entry: n}
+	}
+	return nil
+}
+
+// changedRanges lists runs of blocks of n that differ from old.
+func changedRanges(old, n []uint64) []wire.Range {
+	var rs []wire.Range
+	for i := 0; i < len(n); i++ {
+		if i < len(old) && old[i] == n[i] {
+			continue
+		}
+		if k := len(rs) - 1; k >= 0 && rs[k].Start+rs[k].Count == uint64(i) {
+			rs[k].Count++
+		} else {
+			rs = append(rs, wire.Range{Start: uint64(i), Count: 1})
+		}
+	}
+	return rs
+}

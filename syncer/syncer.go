@@ -1,0 +1,371 @@
+// Package syncer is the Bedrock syncer task: it keeps every clone's copy of
+// the app's data directory identical to the master's, in real time.
+//
+// Who is master comes from a RoleSource (static flags for now; the election
+// plugs a Consul implementation in later). The data path lives in the
+// subpackages: wire (framing), tree (files), replica (master and clone).
+package syncer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/replica"
+)
+
+// Role is what this instance should be. Term is the fencing token (the
+// election lock's LockIndex); MasterAddr is where a clone finds the master.
+type Role struct {
+	Master     bool
+	Term       uint64
+	MasterAddr string
+}
+
+// RoleSource delivers role changes. The syncer follows the latest role it
+// received; a closed channel means "keep the current role until ctx ends".
+type RoleSource interface {
+	Roles(ctx context.Context) <-chan Role
+}
+
+// StaticRole is a RoleSource that never changes (CLI flags, tests).
+type StaticRole Role
+
+// Roles sends the role once.
+func (r StaticRole) Roles(ctx context.Context) <-chan Role {
+	ch := make(chan Role, 1)
+	ch <- Role(r)
+	return ch
+}
+
+// Position is a replication position: everything up to Seq of Term.
+type Position = replica.Position
+
+// Progress is initial sync progress.
+type Progress = replica.Progress
+
+// CloneStatus is the master's view of one clone.
+type CloneStatus = replica.CloneStatus
+
+// Config configures a Syncer.
+type Config struct {
+	// DataDir is the directory to replicate (the allocation's shared dir).
+	DataDir string
+	// ListenAddr is where a master accepts clones (e.g. the "sync" port).
+	ListenAddr string
+	// Secret is the per-job shared secret both sides authenticate with.
+	Secret []byte
+	// ID names this instance in logs and metrics (default: hostname).
+	ID string
+	// Roles tells the syncer what to be.
+	Roles RoleSource
+	// MetricsAddr, if set, serves /metrics (Prometheus) and /status (JSON).
+	MetricsAddr string
+	// RescanInterval is the master's safety-net full rescan period.
+	RescanInterval time.Duration
+	// Logger receives hclog logs.
+	Logger hclog.Logger
+	// OnProgress is told about initial sync progress, for task events.
+	OnProgress func(Progress)
+}
+
+// Status is a point-in-time view for the driver, the election and humans.
+type Status struct {
+	ID       string        `json:"id"`
+	Role     string        `json:"role"` // "master", "clone", "idle", "fenced"
+	Term     uint64        `json:"term"`
+	Position Position      `json:"position"`
+	CaughtUp bool          `json:"caught_up"`
+	Synced   bool          `json:"synced"`
+	Healthy  bool          `json:"healthy"`
+	Error    string        `json:"error,omitempty"`
+	Progress Progress      `json:"initial_sync"`
+	Clones   []CloneStatus `json:"clones,omitempty"`
+}
+
+// Syncer runs one instance's replication.
+type Syncer struct {
+	cfg     Config
+	log     hclog.Logger
+	root    *os.Root
+	state   *replica.StateStore
+	reg     *prometheus.Registry
+	metrics *replica.Metrics
+
+	mu     sync.Mutex
+	role   Role
+	fenced bool
+	err    string
+	master *replica.Master
+	clone  *replica.Clone
+}
+
+// New validates cfg and opens the data directory.
+func New(cfg Config) (*Syncer, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("syncer: data directory not set")
+	}
+	if len(cfg.Secret) < 16 {
+		return nil, errors.New("syncer: the shared secret must be at least 16 bytes")
+	}
+	if cfg.Roles == nil {
+		return nil, errors.New("syncer: no role source")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.ID == "" {
+		cfg.ID, _ = os.Hostname()
+	}
+	abs, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("syncer: data directory: %w", err)
+	}
+	cfg.DataDir = abs
+	if err := os.MkdirAll(abs, 0o755); err != nil {
+		return nil, fmt.Errorf("syncer: data directory: %w", err)
+	}
+	root, err := os.OpenRoot(abs)
+	if err != nil {
+		return nil, fmt.Errorf("syncer: data directory: %w", err)
+	}
+	st, err := replica.OpenState(root)
+	if err != nil {
+		root.Close()
+		return nil, fmt.Errorf("syncer: %w", err)
+	}
+	reg := prometheus.NewRegistry()
+	return &Syncer{cfg: cfg, log: cfg.Logger, root: root, state: st, reg: reg, metrics: replica.NewMetrics(reg)}, nil
+}
+
+// Registry exposes the syncer's metrics for embedding in another server.
+func (s *Syncer) Registry() *prometheus.Registry { return s.reg }
+
+// Position is this instance's replication position: the head a master has
+// produced or the last position a clone applied. The election publishes it
+// so the most caught-up clone is promoted.
+func (s *Syncer) Position() Position {
+	s.mu.Lock()
+	m, c := s.master, s.clone
+	s.mu.Unlock()
+	switch {
+	case m != nil:
+		return m.Position()
+	case c != nil:
+		return c.Status().Position
+	}
+	return s.state.Get().Position
+}
+
+// CaughtUp reports whether a clone has applied everything its master
+// announced (always true for a serving master).
+func (s *Syncer) CaughtUp() bool { return s.Status().CaughtUp }
+
+// Status returns the current status.
+func (s *Syncer) Status() Status {
+	s.mu.Lock()
+	m, c, role, fenced, errs := s.master, s.clone, s.role, s.fenced, s.err
+	s.mu.Unlock()
+	st := Status{ID: s.cfg.ID, Role: "idle", Term: max(role.Term, s.state.Get().Term), Healthy: errs == "", Error: errs}
+	switch {
+	case fenced:
+		st.Role = "fenced"
+		st.Position = s.state.Get().Position
+	case m != nil:
+		st.Role = "master"
+		st.Position = m.Position()
+		st.CaughtUp, st.Synced = true, true
+		st.Clones = m.Clones()
+	case c != nil:
+		cs := c.Status()
+		st.Role = "clone"
+		st.Position = cs.Position
+		st.CaughtUp, st.Synced, st.Healthy = cs.CaughtUp, cs.Synced, cs.Healthy && errs == ""
+		st.Progress = cs.Progress
+		if cs.Error != "" {
+			st.Error = cs.Error
+		}
+	}
+	return st
+}
+
+// Run follows the role source until ctx ends.
+func (s *Syncer) Run(ctx context.Context) error {
+	defer s.root.Close()
+	if s.cfg.MetricsAddr != "" {
+		ln, err := net.Listen("tcp", s.cfg.MetricsAddr)
+		if err != nil {
+			return fmt.Errorf("syncer: metrics listener: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(s.Status())
+		})
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+		defer srv.Close()
+	}
+	go s.lagLoop(ctx)
+	roles := s.cfg.Roles.Roles(ctx)
+	stopRole := func() {}
+	defer func() { stopRole() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case r, ok := <-roles:
+			if !ok {
+				roles = nil
+				continue
+			}
+			stopRole()
+			rctx, rcancel := context.WithCancel(ctx)
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				s.runRole(rctx, r)
+			}()
+			stopRole = func() { rcancel(); <-done }
+		}
+	}
+}
+
+func (s *Syncer) setErr(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err == nil {
+		s.err = ""
+	} else {
+		s.err = err.Error()
+	}
+}
+
+func (s *Syncer) runRole(ctx context.Context, r Role) {
+	s.mu.Lock()
+	s.role, s.fenced, s.err = r, false, ""
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.master, s.clone = nil, nil
+		s.mu.Unlock()
+	}()
+	st := s.state.Get()
+	if r.Term < st.Term {
+		err := fmt.Errorf("%w: asked to be %s in term %d, but term %d was seen", replica.ErrStaleTerm, roleName(r), r.Term, st.Term)
+		s.log.Error("refusing role", "error", err)
+		s.mu.Lock()
+		s.fenced, s.err = true, err.Error()
+		s.mu.Unlock()
+		<-ctx.Done()
+		return
+	}
+	if r.Master {
+		s.runMaster(ctx, r)
+		return
+	}
+	c := replica.NewClone(replica.CloneConfig{
+		Root: s.root, MasterAddr: r.MasterAddr, Secret: s.cfg.Secret, ID: s.cfg.ID,
+		Logger: s.log.Named("clone"), Metrics: s.metrics, State: s.state, Owners: os.Geteuid() == 0,
+		OnProgress: s.cfg.OnProgress,
+	})
+	s.mu.Lock()
+	s.clone = c
+	s.mu.Unlock()
+	s.log.Info("running as clone", "master", r.MasterAddr, "term", r.Term)
+	if err := c.Run(ctx); err != nil {
+		s.log.Error("clone stopped", "error", err)
+		s.setErr(err)
+		<-ctx.Done()
+	}
+}
+
+func roleName(r Role) string {
+	if r.Master {
+		return "master"
+	}
+	return "clone"
+}
+
+func (s *Syncer) runMaster(ctx context.Context, r Role) {
+	if err := s.state.Update(func(st *replica.State) {
+		st.Term, st.Role, st.MasterTerm = r.Term, "master", r.Term
+	}); err != nil {
+		s.log.Error("cannot record role", "error", err)
+		s.setErr(err)
+		<-ctx.Done()
+		return
+	}
+	ln, err := net.Listen("tcp", s.cfg.ListenAddr)
+	if err != nil {
+		err = fmt.Errorf("listen on %s: %w", s.cfg.ListenAddr, err)
+		s.log.Error("master cannot serve", "error", err)
+		s.setErr(err)
+		<-ctx.Done()
+		return
+	}
+	m := replica.NewMaster(replica.MasterConfig{
+		Dir: s.cfg.DataDir, Root: s.root, Term: r.Term, Listener: ln, Secret: s.cfg.Secret,
+		Logger: s.log.Named("master"), Metrics: s.metrics, Owners: os.Geteuid() == 0,
+		RescanInterval: s.cfg.RescanInterval,
+		OnFenced: func(term uint64) {
+			_ = s.state.Update(func(st *replica.State) { st.Term = max(st.Term, term) })
+			s.mu.Lock()
+			s.fenced = true
+			s.err = fmt.Sprintf("fenced: term %d seen while master of term %d", term, r.Term)
+			s.mu.Unlock()
+		},
+	})
+	s.mu.Lock()
+	s.master = m
+	s.mu.Unlock()
+	s.log.Info("running as master", "listen", ln.Addr().String(), "term", r.Term)
+	err = m.Run(ctx)
+	pos := m.Position()
+	_ = s.state.Update(func(st *replica.State) { st.Position = pos })
+	if err != nil && !errors.Is(err, replica.ErrFenced) {
+		s.log.Error("master stopped", "error", err)
+		s.setErr(err)
+	}
+	// A fenced master stays idle until the role source says otherwise.
+	s.mu.Lock()
+	s.master = nil
+	s.mu.Unlock()
+	<-ctx.Done()
+}
+
+// lagLoop refreshes the per-clone lag-in-seconds gauge, which grows with
+// time even when nothing happens.
+func (s *Syncer) lagLoop(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		m := s.master
+		s.mu.Unlock()
+		if m == nil {
+			continue
+		}
+		for _, c := range m.Clones() {
+			s.metrics.LagSeconds.WithLabelValues(c.ID).Set(c.LagSeconds)
+			s.metrics.LagSeq.WithLabelValues(c.ID).Set(float64(c.LagOps))
+		}
+	}
+}

@@ -23,7 +23,10 @@ const (
 // varFlags collects repeated -var name=value flags.
 type varFlags map[string]string
 
+// String is part of flag.Value; the collected values are not echoed back.
 func (v varFlags) String() string { return "" }
+
+// Set records one name=value pair.
 
 func (v varFlags) Set(s string) error {
 	name, value, ok := strings.Cut(s, "=")

@@ -173,19 +173,20 @@ func TestRunValidateCancelled(t *testing.T) {
 	}
 }
 
+// TestRunValidateUnreadableFile uses a path below a regular file, which no
+// user (root included) can read.
 func TestRunValidateUnreadableFile(t *testing.T) {
-	if os.Geteuid() == 0 {
-		t.Skip("root reads files regardless of permissions")
-	}
-	p := filepath.Join(t.TempDir(), "locked.nomad.hcl")
-	if err := os.WriteFile(p, []byte("job \"x\" {}\n"), 0o000); err != nil {
+	p := filepath.Join(t.TempDir(), "plain")
+	if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	bad := filepath.Join(p, "job.nomad.hcl")
 	var stdout, stderr bytes.Buffer
-	if code := RunValidate(context.Background(), []string{p}, &stdout, &stderr); code != ExitUnreadable {
+	if code := RunValidate(context.Background(), []string{bad, "testdata/good_minimal.nomad.hcl"}, &stdout, &stderr); code != ExitUnreadable {
 		t.Errorf("exit %d, want %d", code, ExitUnreadable)
 	}
-	if !strings.Contains(stdout.String(), "error: cannot read file: permission denied") {
-		t.Errorf("stdout %q", stdout.String())
+	want := bad + ": error: cannot read file: not a directory; hint: check the path and its permissions\n"
+	if stdout.String() != want {
+		t.Errorf("stdout %q, want %q", stdout.String(), want)
 	}
 }

@@ -67,6 +67,16 @@ const (
 	manifestChunk = 1 << 20
 )
 
+// AuthMAC is the handshake proof: HMAC-SHA256 over both nonces, both terms
+// and the client's name, labelled by direction so a proof cannot be
+// reflected back. Exported for tools and tests that speak the protocol.
+func AuthMAC(secret []byte, server bool, serverNonce, clientNonce []byte, serverTerm, clientTerm uint64, id string) [wire.NonceSize]byte {
+	if server {
+		return mac(secret, "bedrock-sync server", clientNonce, serverNonce, serverTerm, clientTerm, id)
+	}
+	return mac(secret, "bedrock-sync client", serverNonce, clientNonce, serverTerm, clientTerm, id)
+}
+
 func mac(secret []byte, label string, a, b []byte, t1, t2 uint64, id string) [wire.NonceSize]byte {
 	h := hmac.New(sha256.New, secret)
 	h.Write([]byte(label))

@@ -1,7 +1,6 @@
 package jobspecs
 
 import (
-	"fmt"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
@@ -109,4 +108,3 @@ type group struct {
 }
 
 // describe names a task in messages.
-func (t *task) describe() string { return fmt.Sprintf("task %q", t.name) }

@@ -17,13 +17,13 @@ import (
 type Verdict int
 
 const (
-	// VerdictUnknown: the job could not be read (API unreachable, job or
+	// VerdictUnknown means the job could not be read (API unreachable, job or
 	// group not found, permission denied). The caller starts the task and
 	// emits Decision.Message as a warning task event.
 	VerdictUnknown Verdict = iota
-	// VerdictAllowed: the live job complies.
+	// VerdictAllowed means the live job complies.
 	VerdictAllowed
-	// VerdictRefused: the live job breaks the policy. Unless the plugin
+	// VerdictRefused means the live job breaks the policy. Unless the plugin
 	// config sets OptOutFlag, the caller fails StartTask with an
 	// unrecoverable error carrying Decision.Message.
 	VerdictRefused

@@ -79,7 +79,7 @@ func isUniqueNodeTarget(a *hclsyntax.Attribute) bool {
 	if a == nil {
 		return false
 	}
-	var expr hclsyntax.Expression = a.Expr
+	expr := a.Expr
 	if w, ok := expr.(*hclsyntax.TemplateWrapExpr); ok {
 		expr = w.Wrapped
 	}

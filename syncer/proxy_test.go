@@ -13,13 +13,13 @@ import (
 // direction down (so a transfer is long enough to kill something in the
 // middle of it) and flip one byte of that stream (corruption).
 type proxy struct {
-	ln       net.Listener
-	target   string
-	bps      int64 // bytes per second master->clone, 0 = unlimited
+	ln        net.Listener
+	target    string
+	bps       int64        // bytes per second master->clone, 0 = unlimited
 	corruptAt atomic.Int64 // flip the byte at this stream offset once (0 = never)
 	corrupted atomic.Bool
-	mu       sync.Mutex
-	conns    []net.Conn
+	mu        sync.Mutex
+	conns     []net.Conn
 }
 
 func startProxy(t *testing.T, target string, bps int64) *proxy {

@@ -326,6 +326,7 @@ func (m *Master) serve(ctx context.Context, conn net.Conn) {
 	}
 	c.id = auth.ClientID
 	log = log.With("clone", c.id)
+	c.w.Reset(countingWriter{conn, m.cfg.Metrics.WireSent.WithLabelValues(c.id)})
 	if f.Term > m.cfg.Term {
 		m.fence(f.Term)
 		return
@@ -699,3 +700,15 @@ func (c *cloneConn) sendFile(seq uint64, name string, ranges []wire.Range, known
 	return nil
 }
 
+// countingWriter counts bytes that reach the connection (framing included),
+// which is what the delta benchmark compares with the bytes changed.
+type countingWriter struct {
+	w io.Writer
+	c interface{ Add(float64) }
+}
+
+func (cw countingWriter) Write(p []byte) (int, error) {
+	n, err := cw.w.Write(p)
+	cw.c.Add(float64(n))
+	return n, err
+}

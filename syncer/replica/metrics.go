@@ -7,6 +7,7 @@ import "github.com/prometheus/client_golang/prometheus"
 type Metrics struct {
 	BytesSent     *prometheus.CounterVec
 	FilesSent     *prometheus.CounterVec
+	WireSent      *prometheus.CounterVec
 	LagSeq        *prometheus.GaugeVec
 	LagSeconds    *prometheus.GaugeVec
 	Ops           prometheus.Counter
@@ -32,6 +33,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		BytesSent:     prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "bytes_sent_total", Help: "File data bytes sent to a clone."}, []string{"clone"}),
 		FilesSent:     prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "files_sent_total", Help: "Files (whole or partial) sent to a clone."}, []string{"clone"}),
+		WireSent:      prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "wire_bytes_sent_total", Help: "Bytes written to a clone's connection, framing included."}, []string{"clone"}),
 		LagSeq:        prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "clone_lag_ops", Help: "Ops the master has that a clone has not acknowledged."}, []string{"clone"}),
 		LagSeconds:    prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "clone_lag_seconds", Help: "Age of the oldest op a clone has not acknowledged."}, []string{"clone"}),
 		Ops:           prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "ops_total", Help: "Changes detected by the master."}),
@@ -51,7 +53,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		InitFilesTot:  prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "initial_sync_files_total", Help: "Initial sync size."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.BytesSent, m.FilesSent, m.LagSeq, m.LagSeconds, m.Ops, m.Unreadable, m.Rescans,
+		reg.MustRegister(m.BytesSent, m.FilesSent, m.WireSent, m.LagSeq, m.LagSeconds, m.Ops, m.Unreadable, m.Rescans,
 			m.Overflows, m.AuthFailures, m.BytesReceived, m.ApplyErrors, m.Term, m.Seq, m.CaughtUp, m.Healthy,
 			m.InitBytes, m.InitBytesTot, m.InitFiles, m.InitFilesTot)
 	}

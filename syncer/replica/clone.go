@@ -351,6 +351,7 @@ func (s *session) initialSync(ctx context.Context, f wire.Frame) error {
 		return fmt.Errorf("unexpected %s in manifest", f.Type)
 	}
 	snap := f.Seq
+	tManifest := time.Now()
 	master := dec.Entries
 	if master == nil {
 		master = map[string]*tree.Entry{}
@@ -414,9 +415,11 @@ func (s *session) initialSync(ctx context.Context, f wire.Frame) error {
 			return applyError{err}
 		}
 	}
+	tData := time.Now()
 	if err := c.ap.Sync(); err != nil {
 		return applyError{err}
 	}
+	c.log.Debug("initial sync timings", "transfer", tData.Sub(tManifest).String(), "sync", time.Since(tData).String())
 	pos := Position{Term: s.term, Seq: snap}
 	if err := c.cfg.State.Update(func(st *State) {
 		st.Position, st.Synced, st.Role = pos, true, "clone"

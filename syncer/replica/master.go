@@ -242,6 +242,8 @@ type cloneConn struct {
 	files  int64
 	since  time.Time
 	rbuf   []byte
+	hdr    []byte
+	hashes []uint64
 }
 
 // CloneStatus is the master's view of a clone.
@@ -673,12 +675,14 @@ func (c *cloneConn) sendFile(seq uint64, name string, ranges []wire.Range, known
 				break
 			}
 			data := buf[:k]
-			hashes := make([]uint64, 0, n)
+			hashes := c.hashes[:0]
 			for o := 0; o < k; o += tree.BlockSize {
 				hashes = append(hashes, xxh3.Hash(data[o:min(o+tree.BlockSize, k)]))
 			}
+			c.hashes = hashes
 			fd := wire.FileData{Offset: off, Hashes: hashes, Data: data}
-			if err := c.send(wire.TFileData, seq, fd.Marshal()); err != nil {
+			c.hdr = fd.AppendHeader(c.hdr[:0])
+			if err := wire.WriteFrameParts(c.w, wire.TFileData, c.m.cfg.Term, seq, c.hdr, data); err != nil {
 				return err
 			}
 			sent += int64(k)

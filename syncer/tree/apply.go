@@ -8,7 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
-	"syscall"
+	"unsafe"
 
 	"github.com/zeebo/xxh3"
 	"golang.org/x/sys/unix"
@@ -36,10 +36,13 @@ type Applier struct {
 	Root   *os.Root
 	Owners bool // apply uid/gid (only meaningful when running as root)
 	Bulk   bool
+
+	dirs map[string]*os.File
 }
 
 // Prepare creates the temporary directory and removes leftovers of a crash.
 func (a *Applier) Prepare() error {
+	a.dropDirs()
 	if err := a.Root.RemoveAll(TmpDir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("clean %s: %w", TmpDir, err)
 	}
@@ -112,6 +115,9 @@ func (a *Applier) clear(name string, keepDir bool) error {
 	if keepDir && fi.IsDir() {
 		return nil
 	}
+	if fi.IsDir() {
+		a.dropDirs()
+	}
 	return a.Root.RemoveAll(name)
 }
 
@@ -167,6 +173,7 @@ func (a *Applier) Symlink(m wire.Symlink) error {
 
 // Delete removes a name and everything below it; a missing name is fine.
 func (a *Applier) Delete(name string) error {
+	a.dropDirs()
 	if err := a.Root.RemoveAll(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("delete %s: %w", name, err)
 	}
@@ -175,6 +182,7 @@ func (a *Applier) Delete(name string) error {
 
 // Rename moves from to to, replacing to.
 func (a *Applier) Rename(from, to string) error {
+	a.dropDirs()
 	if _, err := a.Root.Lstat(from); err != nil {
 		return fmt.Errorf("rename %s: %w (%w)", from, err, ErrNeedResync)
 	}
@@ -192,6 +200,7 @@ func (a *Applier) Rename(from, to string) error {
 
 // MoveAside moves name to dest (under LostFound), creating dest's parents.
 func (a *Applier) MoveAside(name, dest string) error {
+	a.dropDirs()
 	if err := a.Root.MkdirAll(Parent(dest), 0o700); err != nil {
 		return fmt.Errorf("move %s aside: %w", name, err)
 	}
@@ -209,7 +218,7 @@ type FileWriter struct {
 	a       *Applier
 	begin   wire.FileBegin
 	f       *os.File
-	tmp     string
+	tmp     string // name inside TmpDir
 	written int64
 }
 
@@ -217,24 +226,33 @@ type FileWriter struct {
 func (a *Applier) BeginFile(b wire.FileBegin) (*FileWriter, error) {
 	w := &FileWriter{a: a, begin: b}
 	if !b.Whole {
-		f, err := a.Root.OpenFile(b.Path, os.O_RDWR|syscall.O_NOFOLLOW, 0)
+		pfd, err := a.dirFd(Parent(b.Path))
 		if err == nil {
-			if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
-				w.f = f
-				return w, nil
+			fd, err := unix.Openat(pfd, path.Base(b.Path), unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			if err == nil {
+				f := os.NewFile(uintptr(fd), b.Path)
+				if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+					w.f = f
+					return w, nil
+				}
+				f.Close()
 			}
-			f.Close()
 		}
 		return nil, fmt.Errorf("update %s: no local copy: %w", b.Path, ErrNeedResync)
 	}
-	var rnd [8]byte
-	_, _ = rand.Read(rnd[:])
-	w.tmp = TmpDir + "/" + hex.EncodeToString(rnd[:])
-	f, err := a.Root.OpenFile(w.tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	tfd, err := a.dirFd(TmpDir)
 	if err != nil {
 		return nil, fmt.Errorf("write %s: %w", b.Path, err)
 	}
-	w.f = f
+	var rnd [8]byte
+	_, _ = rand.Read(rnd[:])
+	w.tmp = hex.EncodeToString(rnd[:])
+	fd, err := unix.Openat(tfd, w.tmp, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		w.tmp = ""
+		return nil, fmt.Errorf("write %s: %w", b.Path, err)
+	}
+	w.f = os.NewFile(uintptr(fd), b.Path)
 	return w, nil
 }
 
@@ -270,10 +288,12 @@ func (w *FileWriter) Commit() error {
 		w.Abort()
 		return fmt.Errorf("commit %s: %w", b.Path, err)
 	}
-	if err := w.f.Truncate(b.Size); err != nil {
-		return fail(err)
+	if w.tmp == "" || w.written != b.Size {
+		if err := w.f.Truncate(b.Size); err != nil {
+			return fail(err)
+		}
 	}
-	if w.a.Owners {
+	if w.a.Owners && (int(b.UID) != os.Geteuid() || int(b.GID) != os.Getegid() || w.tmp == "") {
 		if err := w.f.Chown(int(b.UID), int(b.GID)); err != nil {
 			return fail(err)
 		}
@@ -286,27 +306,50 @@ func (w *FileWriter) Commit() error {
 			return fail(err)
 		}
 	}
+	if err := futimens(int(w.f.Fd()), b.MtimeNs); err != nil {
+		return fail(err)
+	}
 	if err := w.f.Close(); err != nil {
 		w.f = nil
 		return fail(err)
 	}
 	w.f = nil
 	if w.tmp != "" {
-		if err := w.a.clear(b.Path, false); err != nil {
-			return fail(err)
-		}
-		if err := w.a.ensureParent(b.Path); err != nil {
-			return fail(err)
-		}
-		if err := w.a.Root.Rename(w.tmp, b.Path); err != nil {
+		if err := w.a.renameIn(w.tmp, b.Path); err != nil {
 			return fail(err)
 		}
 		w.tmp = ""
 	}
-	if err := w.a.setTimes(b.Path, b.MtimeNs); err != nil {
-		return fmt.Errorf("commit %s: %w", b.Path, err)
-	}
 	return nil
+}
+
+// renameIn moves a temporary file to name, replacing what is there.
+func (a *Applier) renameIn(tmp, name string) error {
+	for attempt := 0; ; attempt++ {
+		tfd, err := a.dirFd(TmpDir)
+		if err != nil {
+			return err
+		}
+		pfd, err := a.dirFd(Parent(name))
+		if err == nil {
+			err = unix.Renameat(tfd, tmp, pfd, path.Base(name))
+			if err == nil {
+				return nil
+			}
+		}
+		if attempt > 0 {
+			return err
+		}
+		// The parent is missing or not a directory, or a directory sits
+		// where the file goes: fix the way (through Root) and retry once.
+		a.dropDirs()
+		if err := a.clear(name, false); err != nil {
+			return err
+		}
+		if err := a.ensureParent(name); err != nil {
+			return err
+		}
+	}
 }
 
 // Abort drops a partially received file.
@@ -316,7 +359,55 @@ func (w *FileWriter) Abort() {
 		w.f = nil
 	}
 	if w.tmp != "" {
-		_ = w.a.Root.Remove(w.tmp)
+		if tfd, err := w.a.dirFd(TmpDir); err == nil {
+			_ = unix.Unlinkat(tfd, w.tmp, 0)
+		}
 		w.tmp = ""
 	}
+}
+
+// futimens sets a file's mtime (and atime) through its descriptor.
+func futimens(fd int, ns int64) error {
+	ts := [2]unix.Timespec{unix.NsecToTimespec(ns), unix.NsecToTimespec(ns)}
+	_, _, e := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+// dirFd returns an open descriptor of a directory of the tree, opened once
+// through Root (so it cannot be outside the tree) and cached: os.Root
+// resolves every name component by component, which for a tree of many
+// small files costs more system calls than writing them. Operations on a
+// cached directory use single, validated name components and never follow
+// a final symlink. Anything that removes or renames directories drops the
+// cache, since a cached descriptor follows its directory wherever it moves.
+func (a *Applier) dirFd(dir string) (int, error) {
+	if f, ok := a.dirs[dir]; ok {
+		return int(f.Fd()), nil
+	}
+	if a.dirs == nil || len(a.dirs) >= 1024 {
+		a.dropDirs()
+	}
+	f, err := a.Root.OpenFile(dotIfEmpty(dir), os.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return -1, err
+	}
+	a.dirs[dir] = f
+	return int(f.Fd()), nil
+}
+
+func (a *Applier) dropDirs() {
+	for _, f := range a.dirs {
+		f.Close()
+	}
+	a.dirs = make(map[string]*os.File)
+}
+
+func dotIfEmpty(s string) string {
+	if s == "" {
+		return "."
+	}
+	return s
 }

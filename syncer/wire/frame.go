@@ -129,6 +129,43 @@ func WriteFrame(w io.Writer, f Frame) error {
 	return nil
 }
 
+// WriteFrameParts writes a frame whose payload is the concatenation of
+// parts without assembling it first: block data goes from the read buffer
+// to the writer without another copy or allocation.
+func WriteFrameParts(w io.Writer, t Type, term, seq uint64, parts ...[]byte) error {
+	n := 0
+	for _, p := range parts {
+		n += len(p)
+	}
+	if n > MaxPayload {
+		return fmt.Errorf("write %s frame of %d bytes: %w", t, n, ErrTooLarge)
+	}
+	var h [HeaderSize]byte
+	binary.BigEndian.PutUint32(h[0:4], uint32(n))
+	h[4] = byte(t)
+	binary.BigEndian.PutUint64(h[5:13], term)
+	binary.BigEndian.PutUint64(h[13:21], seq)
+	x := xxh3.New()
+	_, _ = x.Write(h[4:])
+	for _, p := range parts {
+		_, _ = x.Write(p)
+	}
+	if _, err := w.Write(h[:]); err != nil {
+		return fmt.Errorf("write %s frame: %w", t, err)
+	}
+	for _, p := range parts {
+		if _, err := w.Write(p); err != nil {
+			return fmt.Errorf("write %s frame: %w", t, err)
+		}
+	}
+	var tr [TrailerSize]byte
+	binary.BigEndian.PutUint64(tr[:], x.Sum64())
+	if _, err := w.Write(tr[:]); err != nil {
+		return fmt.Errorf("write %s frame: %w", t, err)
+	}
+	return nil
+}
+
 // ReadFrame reads one frame whose payload is at most max bytes. buf is reused
 // when large enough; the returned payload aliases it.
 func ReadFrame(r io.Reader, max int, buf []byte) (Frame, []byte, error) {

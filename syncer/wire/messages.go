@@ -221,6 +221,19 @@ func (m *FileData) Marshal() []byte {
 	return e.B
 }
 
+// AppendHeader encodes everything but the data bytes, which follow it
+// directly in the payload (see WriteFrameParts).
+func (m *FileData) AppendHeader(dst []byte) []byte {
+	e := Enc{B: dst}
+	e.Varint(m.Offset)
+	e.Uvarint(uint64(len(m.Hashes)))
+	for _, h := range m.Hashes {
+		e.U64(h)
+	}
+	e.Uvarint(uint64(len(m.Data)))
+	return e.B
+}
+
 func (m *FileData) Unmarshal(b []byte) error {
 	d := NewDec(b)
 	m.Offset = d.Varint()

@@ -29,6 +29,23 @@ func TestRoundTrip(t *testing.T) {
 	}
 }
 
+func TestWriteFrameParts(t *testing.T) {
+	fd := FileData{Offset: 4096, Hashes: []uint64{5}, Data: []byte("abc")}
+	var a, b bytes.Buffer
+	must(t, WriteFrame(&a, Frame{Type: TFileData, Term: 1, Seq: 2, Payload: fd.Marshal()}))
+	must(t, WriteFrameParts(&b, TFileData, 1, 2, fd.AppendHeader(nil), fd.Data))
+	if !bytes.Equal(a.Bytes(), b.Bytes()) {
+		t.Fatal("WriteFrameParts differs from WriteFrame")
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestCorruptionDetected(t *testing.T) {
 	b := AppendFrame(nil, Frame{Type: TDelete, Term: 1, Seq: 2, Payload: (&PathMsg{Path: "a/b"}).Marshal()})
 	for i := 4; i < len(b); i++ {

@@ -1,0 +1,530 @@
+package lease
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/consul"
+)
+
+// One cluster for every Consul test: a dev server and three client agents with fast gossip so
+// that a killed agent is declared failed in a couple of seconds. Every subtest uses its own
+// group (its own keys); only SerfHealth kills an agent (client-3, used by no other subtest).
+func TestConsul(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs a Consul agent")
+	}
+	if _, err := consul.Binary(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("no consul binary: %v", err)
+		}
+		t.Skipf("no consul binary: %v", err)
+	}
+	c := consul.Start(t, consul.WithClients(3),
+		consul.WithHCL(`gossip_lan { probe_interval = "200ms" probe_timeout = "100ms" suspicion_mult = 2 }`))
+	env := &env{c: c}
+
+	t.Run("AcquireTermsAndContention", env.acquireTerms)
+	t.Run("ReleaseHandsOverPromptly", env.releaseHandover)
+	t.Run("CrashedHolderTTLThenLockDelay", env.crashedHolder)
+	t.Run("SessionDestroyedRightAfterRenewal", env.destroyedSession)
+	t.Run("SerfHealthEndsSessionOfKilledAgent", env.serfHealth)
+	t.Run("CandidatesOrdering", env.candidatesOrdering)
+	t.Run("RenewalsKeepDeadlineAhead", env.renewals)
+}
+
+type env struct {
+	c     *consul.Cluster
+	group atomic.Int64
+}
+
+func (e *env) newGroup() string { return fmt.Sprintf("g%d", e.group.Add(1)) }
+
+func (e *env) leaser(t *testing.T, client int, group, id string, tm Timing) *Consul {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	l, err := NewConsul(ctx, ConsulConfig{
+		Client: e.c.Clients[client].APIClient(t), Namespace: "default", Job: "job", Group: group, ID: id,
+		Timing: tm, Logger: hclog.New(&hclog.LoggerOptions{Name: id, Level: hclog.Info, Output: testWriter{t}}),
+	})
+	if err != nil {
+		t.Fatalf("NewConsul(%s): %v", id, err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = l.Close(ctx)
+	})
+	return l
+}
+
+// crash simulates the death of the syncer process: renewals and watches stop, nothing is
+// released and the session is not destroyed.
+func crash(l *Consul) { l.cancel(); l.wg.Wait() }
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	defer func() { _ = recover() }() // logging after the test ended
+	w.t.Log(string(p[:len(p)-1]))
+	return len(p), nil
+}
+
+func info(id string, seq uint64) Info {
+	return Info{ID: id, Node: "node-" + id, Address: "10.0.0.1:7000", Position: Position{Term: 1, Seq: seq}, CaughtUp: true}
+}
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func (e *env) acquireTerms(t *testing.T) {
+	t.Parallel()
+	g := e.newGroup()
+	a := e.leaser(t, 0, g, "a", Timing{})
+	b := e.leaser(t, 1, g, "b", Timing{})
+	ctx := ctxT(t, 30*time.Second)
+
+	w := b.Watch(ctx)
+	if h := <-w; h.Held || h.Term != 0 {
+		t.Fatalf("fresh key: %+v", h)
+	}
+
+	la, err := a.Acquire(ctx, info("a", 10))
+	if err != nil {
+		t.Fatalf("a acquire: %v", err)
+	}
+	if la.Term() != 1 {
+		t.Fatalf("first term = %d, want 1", la.Term())
+	}
+	if !time.Now().Before(la.Deadline()) {
+		t.Fatal("deadline already past")
+	}
+	if _, err := b.Acquire(ctx, info("b", 10)); !errors.Is(err, ErrHeld) {
+		t.Fatalf("b acquire while a holds: %v, want ErrHeld", err)
+	}
+	// the key holds a's info with the term, and LockIndex agrees
+	kv, _, err := e.c.Client().KV().Get(a.LeaderKey(), nil)
+	if err != nil || kv == nil {
+		t.Fatalf("get key: %v %v", kv, err)
+	}
+	var got Info
+	if err := json.Unmarshal(kv.Value, &got); err != nil || got.ID != "a" || got.Term != 1 || got.Position.Seq != 10 || kv.LockIndex != 1 {
+		t.Fatalf("key value %s (lock index %d): %v", kv.Value, kv.LockIndex, err)
+	}
+	h := waitHolder(t, w, func(h Holder) bool { return h.Held })
+	if h.Info.ID != "a" || h.Term != 1 || h.Session != a.Session() {
+		t.Fatalf("watch saw %+v", h)
+	}
+	if err := la.Update(ctx, info("a", 11)); err != nil {
+		t.Fatalf("update: %v", err)
+	}
+	if h := waitHolder(t, w, func(h Holder) bool { return h.Info.Position.Seq == 11 }); h.Term != 1 {
+		t.Fatalf("update changed the term: %+v", h)
+	}
+
+	if err := la.Release(ctx); err != nil {
+		t.Fatalf("release: %v", err)
+	}
+	if !errors.Is(la.Err(), ErrLost) {
+		t.Fatalf("released lease err = %v", la.Err())
+	}
+	if h := waitHolder(t, w, func(h Holder) bool { return !h.Held }); h.Term != 1 {
+		t.Fatalf("after release: %+v", h)
+	}
+	lb, err := b.Acquire(ctx, info("b", 11))
+	if err != nil {
+		t.Fatalf("b acquire after release: %v", err)
+	}
+	if lb.Term() != 2 {
+		t.Fatalf("second term = %d, want 2", lb.Term())
+	}
+	// a re-acquires after b: term 3
+	if err := lb.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	la2, err := a.Acquire(ctx, info("a", 12))
+	if err != nil || la2.Term() != 3 {
+		t.Fatalf("third acquisition: %v, %v", la2, err)
+	}
+	// b's watch sees the new term; a's Close releases (no lock-delay) so b takes over at once
+	if err := a.Close(ctx); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	lb2, err := b.Acquire(ctx, info("b", 12))
+	if err != nil || lb2.Term() != 4 {
+		t.Fatalf("acquire after Close: %v, %v", lb2, err)
+	}
+}
+
+func waitHolder(t *testing.T, w <-chan Holder, ok func(Holder) bool) Holder {
+	t.Helper()
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case h, open := <-w:
+			if !open {
+				t.Fatal("watch closed")
+			}
+			if ok(h) {
+				return h
+			}
+		case <-timeout:
+			t.Fatal("watch: condition not reached")
+		}
+	}
+}
+
+// campaign runs Campaign in the background and reports the lease and when it was obtained.
+type won struct {
+	lease Lease
+	at    time.Time
+	err   error
+}
+
+func campaign(ctx context.Context, l Leaser, self Info) <-chan won {
+	ch := make(chan won, 1)
+	go func() {
+		ls, err := Campaign(ctx, l, func() Info { return self }, nil)
+		ch <- won{ls, time.Now(), err}
+	}()
+	return ch
+}
+
+func (e *env) releaseHandover(t *testing.T) {
+	t.Parallel()
+	g := e.newGroup()
+	a := e.leaser(t, 0, g, "a", Timing{})
+	b := e.leaser(t, 1, g, "b", Timing{})
+	ctx := ctxT(t, 30*time.Second)
+	la, err := a.Acquire(ctx, info("a", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wb := campaign(ctx, b, info("b", 1))
+	time.Sleep(500 * time.Millisecond) // b is watching
+	start := time.Now()
+	if err := la.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := <-wb
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	took := r.at.Sub(start)
+	t.Logf("handover after release: %s (term %d)", took.Round(time.Millisecond), r.lease.Term())
+	if took > time.Second {
+		t.Fatalf("handover after release took %s, want < 1s (a release sets no lock-delay)", took)
+	}
+	if r.lease.Term() != la.Term()+1 {
+		t.Fatalf("term %d after %d", r.lease.Term(), la.Term())
+	}
+}
+
+// The holder dies without releasing: Consul expires its session after 2·TTL, then lock-delay
+// runs; the contender gets the lock only after both, and never before the dead holder's
+// deadline + stop budget.
+func (e *env) crashedHolder(t *testing.T) {
+	t.Parallel()
+	g := e.newGroup()
+	tm := DefaultTiming()
+	a := e.leaser(t, 0, g, "a", tm)
+	b := e.leaser(t, 1, g, "b", tm)
+	ctx := ctxT(t, 60*time.Second)
+	la, err := a.Acquire(ctx, info("a", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second) // a few renewals
+	crash(a)
+	died := time.Now()
+	deadline := la.Deadline()
+	if !deadline.After(died) {
+		t.Fatalf("holder's deadline %s before its death", deadline.Sub(died))
+	}
+	wb := campaign(ctx, b, info("b", 1))
+	r := <-wb
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	lastRenewSent := deadline.Add(-tm.Validity())
+	took := r.at.Sub(died)
+	t.Logf("takeover after holder death: %s (last renewal %s before death; deadline was %s after death; term %d → %d)",
+		took.Round(time.Millisecond), died.Sub(lastRenewSent).Round(time.Millisecond),
+		deadline.Sub(died).Round(time.Millisecond), la.Term(), r.lease.Term())
+	if fence := deadline.Add(tm.StopBudget); !r.at.After(fence) {
+		t.Fatalf("contender held the lock %s before the old holder's app was fenced", fence.Sub(r.at))
+	}
+	// Consul: not before TTL (contract) + lock-delay after the last renewal
+	if floor := tm.TTL + tm.LockDelay; r.at.Sub(lastRenewSent) < floor {
+		t.Fatalf("takeover %s after the last renewal, want ≥ TTL + lock-delay = %s", r.at.Sub(lastRenewSent), floor)
+	}
+	if ceil := tm.WorstTakeover() + 2*time.Second; took > ceil {
+		t.Fatalf("takeover took %s, want ≤ %s", took, ceil)
+	}
+}
+
+// The tightest case of the safety argument: the holder's session is invalidated (here by an
+// operator's destroy; serfHealth does the same) right after a successful renewal. Only
+// lock-delay protects; the contender must still get the lock after deadline + stop budget.
+func (e *env) destroyedSession(t *testing.T) {
+	t.Parallel()
+	g := e.newGroup()
+	tm := DefaultTiming()
+	a := e.leaser(t, 0, g, "a", tm)
+	b := e.leaser(t, 1, g, "b", tm)
+	ctx := ctxT(t, 30*time.Second)
+	la, err := a.Acquire(ctx, info("a", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// wait for a renewal, then destroy the session at once
+	select {
+	case <-la.Renewed():
+	case <-time.After(5 * time.Second):
+		t.Fatal("no renewal")
+	}
+	deadline := la.Deadline()
+	destroyed := time.Now()
+	if _, err := e.c.Client().Session().Destroy(a.Session(), nil); err != nil {
+		t.Fatal(err)
+	}
+	// hammer acquisitions to find the earliest instant Consul allows
+	var got Lease
+	var at time.Time
+	attempts := 0
+	for got == nil {
+		attempts++
+		ls, err := b.Acquire(ctx, info("b", 1))
+		switch {
+		case err == nil:
+			got, at = ls, time.Now()
+		case errors.Is(err, ErrHeld):
+			time.Sleep(10 * time.Millisecond)
+		default:
+			t.Fatal(err)
+		}
+	}
+	slack := at.Sub(deadline.Add(tm.StopBudget))
+	t.Logf("session destroyed %s after a renewal's send; contender locked %s later (%d attempts); "+
+		"slack after old deadline + stop budget: %s",
+		destroyed.Sub(deadline.Add(-tm.Validity())).Round(time.Millisecond), at.Sub(destroyed).Round(time.Millisecond),
+		attempts, slack.Round(time.Millisecond))
+	if slack <= 0 {
+		t.Fatalf("contender held the lock %s before the old holder was fenced", -slack)
+	}
+	if at.Sub(destroyed) < tm.LockDelay-50*time.Millisecond {
+		t.Fatalf("lock-delay not applied: locked %s after the destroy", at.Sub(destroyed))
+	}
+	// the old holder learns it lost (watch or renewal)
+	select {
+	case <-la.Done():
+		if !errors.Is(la.Err(), ErrLost) {
+			t.Fatalf("lost lease err = %v", la.Err())
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("old holder did not notice the loss")
+	}
+	if la.Deadline().After(time.Now()) {
+		t.Fatal("lost lease still has a deadline ahead")
+	}
+	// and its Leaser recovers with a new session
+	waitFor(t, 5*time.Second, func() bool { return a.Session() != "" && a.Session() != got.(*consulLease).session })
+}
+
+func waitFor(t *testing.T, d time.Duration, ok func() bool) {
+	t.Helper()
+	end := time.Now().Add(d)
+	for !ok() {
+		if time.Now().After(end) {
+			t.Fatal("condition not reached")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Killing the holder's agent (node loss) ends its session through serfHealth, long before the
+// TTL would: the holder's TTL here is 20s (Consul would wait 40s).
+func (e *env) serfHealth(t *testing.T) {
+	t.Parallel()
+	g := e.newGroup()
+	slow := Timing{TTL: 20 * time.Second, LockDelay: 2 * time.Second}
+	a := e.leaser(t, 2, g, "a", slow)
+	b := e.leaser(t, 1, g, "b", Timing{})
+	ctx := ctxT(t, 60*time.Second)
+	la, err := a.Acquire(ctx, info("a", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	session := a.Session()
+	wb := campaign(ctx, b, info("b", 1))
+	time.Sleep(300 * time.Millisecond)
+	killed := time.Now()
+	deadline := la.Deadline()
+	e.c.KillClient(2)
+	r := <-wb
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	took := r.at.Sub(killed)
+	t.Logf("takeover after the holder's agent was killed: %s (term %d → %d)", took.Round(time.Millisecond), la.Term(), r.lease.Term())
+	if se, _, err := e.c.Client().Session().Info(session, nil); err != nil || se != nil {
+		t.Fatalf("killed node's session still there: %+v %v", se, err)
+	}
+	if !r.at.After(deadline.Add(slow.StopBudget)) {
+		t.Fatal("takeover before the old holder's deadline")
+	}
+	if took > 15*time.Second {
+		t.Fatalf("takeover took %s: serfHealth did not end the session", took)
+	}
+	// the holder (its agent gone) cannot renew: its lease ends no later than its deadline
+	// passes, and it notices the loss once renewals have failed for a TTL
+	if time.Now().Before(la.Deadline()) {
+		t.Fatal("holder without its agent still has a deadline ahead")
+	}
+}
+
+// The most caught-up candidate wins a free lock; a lagging one takes over, after its rank
+// delay, when the best is dead (its candidacy still live because its session has not expired).
+func (e *env) candidatesOrdering(t *testing.T) {
+	t.Parallel()
+	g := e.newGroup()
+	tm := DefaultTiming()
+	m := e.leaser(t, 0, g, "m", tm)
+	best := e.leaser(t, 1, g, "best", tm)
+	lag := e.leaser(t, 0, g, "lag", tm)
+	ctx := ctxT(t, 60*time.Second)
+
+	lm, err := m.Acquire(ctx, info("m", 50))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cLag := campaign(ctx, lag, info("lag", 40))
+	cBest := campaign(ctx, best, info("best", 49))
+	waitFor(t, 5*time.Second, func() bool {
+		cs, _ := m.Candidates(ctx)
+		return len(cs) == 2
+	})
+	cs, _ := m.Candidates(ctx)
+	d := Decide(info("lag", 40), true, cs, tm)
+	if d.Rank != 1 {
+		t.Fatalf("lag's decision %+v from %+v", d, cs)
+	}
+	if err := lm.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	released := time.Now()
+	var rb won
+	select {
+	case rb = <-cBest:
+	case r := <-cLag:
+		t.Fatalf("lagging candidate won (after %s): %v", r.at.Sub(released), r.err)
+	}
+	if rb.err != nil {
+		t.Fatal(rb.err)
+	}
+	t.Logf("best candidate took over %s after release", rb.at.Sub(released).Round(time.Millisecond))
+
+	// the best one hands back; now it "dies" silently (its candidacy stays live until its
+	// session expires): the lagging one must wait its rank delay, then take over anyway
+	if err := rb.lease.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	freed := time.Now()
+	crash(best)
+	r := <-cLag
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	took := r.at.Sub(freed)
+	t.Logf("lagging candidate took over %s after the lock was freed by a dead best candidate", took.Round(time.Millisecond))
+	if took < tm.RankDelay-100*time.Millisecond || took > tm.MaxRankDelay+2*time.Second {
+		t.Fatalf("lagging takeover after %s, want about its rank delay %s", took, tm.RankDelay)
+	}
+}
+
+// A master's deadline keeps moving ahead while it holds the lock.
+func (e *env) renewals(t *testing.T) {
+	t.Parallel()
+	g := e.newGroup()
+	a := e.leaser(t, 0, g, "a", Timing{})
+	ctx := ctxT(t, 20*time.Second)
+	la, err := a.Acquire(ctx, info("a", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	end := time.Now().Add(3 * time.Second)
+	minLeft := time.Hour
+	for time.Now().Before(end) {
+		left := time.Until(la.Deadline())
+		minLeft = min(minLeft, left)
+		if left <= 0 {
+			t.Fatalf("deadline passed while holding: %s", left)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	t.Logf("minimum time left before the deadline over 3s of holding: %s", minLeft.Round(time.Millisecond))
+	if la.Err() != nil {
+		t.Fatal(la.Err())
+	}
+}
+
+// A Consul with its default session_ttl_min (10s) refuses the 3s TTL: the error says what to do.
+func TestConsulRefusesShortTTL(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs a Consul agent")
+	}
+	if _, err := consul.Binary(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("no consul binary: %v", err)
+		}
+		t.Skipf("no consul binary: %v", err)
+	}
+	c := consul.Start(t, consul.WithSessionTTLMin(10*time.Second))
+	_, err := NewConsul(ctxT(t, 10*time.Second), ConsulConfig{
+		Client: c.Client(), Namespace: "default", Job: "job", Group: "g", ID: "a",
+	})
+	if !errors.Is(err, ErrTTLRefused) || !strings.Contains(err.Error(), "session_ttl_min") {
+		t.Fatalf("err = %v, want ErrTTLRefused naming session_ttl_min", err)
+	}
+	t.Log(err)
+}
+
+func TestNewConsulRejectsBadConfig(t *testing.T) {
+	ctx := ctxT(t, time.Second)
+	if _, err := NewConsul(ctx, ConsulConfig{}); err == nil {
+		t.Fatal("no client accepted")
+	}
+	cl, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewConsul(ctx, ConsulConfig{Client: cl, Namespace: "n", Job: "j", ID: "a"}); err == nil {
+		t.Fatal("missing group accepted")
+	}
+	bad := DefaultTiming()
+	bad.LockDelay = 0
+	bad.StopBudget = time.Second
+	if _, err := NewConsul(ctx, ConsulConfig{Client: cl, Namespace: "n", Job: "j", Group: "g", ID: "a", Timing: bad}); err == nil {
+		t.Fatal("unsafe timing accepted")
+	}
+}
+
+func TestKeyPrefix(t *testing.T) {
+	if got := KeyPrefix("", "default", "web/app", "g 1"); got != "bedrock/default/web%2Fapp/g%201" {
+		t.Fatalf("KeyPrefix = %q", got)
+	}
+}

@@ -1,0 +1,129 @@
+// Package lease elects the master of a Bedrock group: every syncer holds a lease session and
+// contends for one lock key per group; the holder is the master, and the key's LockIndex is the
+// fencing term. The package also computes the master's self-fence deadline (see Timing, where the
+// safety argument is written down) and orders candidates so that the most caught-up clone is
+// promoted first.
+//
+// The Leaser interface keeps the election logic readable without the Consul client (in the
+// spirit of LiteFS's Leaser); Consul is the implementation used in production and in tests.
+package lease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Errors callers can test for with errors.Is.
+var (
+	// ErrHeld means another instance holds the lock (or Consul refused it because of the
+	// lock-delay left behind by an invalidated holder): retry later, do not act as master.
+	ErrHeld = errors.New("lock held by another instance")
+	// ErrLost means a lease this instance held is gone: its session was invalidated, the key
+	// was taken or deleted, or it was released. The holder must stop acting as master at once.
+	ErrLost = errors.New("lease lost")
+	// ErrClosed is returned by a Leaser after Close.
+	ErrClosed = errors.New("leaser closed")
+	// ErrTTLRefused means the Consul servers refuse the session TTL (below session_ttl_min).
+	ErrTTLRefused = errors.New("consul refuses the session TTL")
+)
+
+// Position is a replication position: everything up to Seq of Term. It mirrors the syncer's
+// replication position (same JSON) without depending on the replication packages.
+type Position struct {
+	Term uint64 `json:"term"`
+	Seq  uint64 `json:"seq"`
+}
+
+// Less orders positions by term, then sequence.
+func (p Position) Less(q Position) bool {
+	return p.Term < q.Term || (p.Term == q.Term && p.Seq < q.Seq)
+}
+
+// String formats the position as term/seq for logs and task events.
+func (p Position) String() string { return fmt.Sprintf("%d/%d", p.Term, p.Seq) }
+
+// Info describes an instance: what a master writes into the lock key and what a candidate
+// publishes, so that clones find the master and the election can rank candidates.
+type Info struct {
+	// ID identifies the instance (the Nomad allocation id); unique within the group.
+	ID string `json:"id"`
+	// Node is the Nomad/Consul node the instance runs on, for humans.
+	Node string `json:"node,omitempty"`
+	// Address is host:port where the instance's syncer accepts replication connections.
+	Address string `json:"address,omitempty"`
+	// Term is the term the writer held or saw when it wrote (informative; the authoritative
+	// term is always the key's LockIndex).
+	Term uint64 `json:"term,omitempty"`
+	// Position is the writer's replication position.
+	Position Position `json:"position"`
+	// CaughtUp tells whether the writer finished its initial sync and follows the live stream.
+	CaughtUp bool `json:"caught_up"`
+}
+
+// Holder is the current state of the lock key as observed by Watch.
+type Holder struct {
+	// Held tells whether a live session holds the key.
+	Held bool
+	// Term is the key's LockIndex: the term of the current holder, or of the last one when
+	// the key is free. Zero when the key has never been locked.
+	Term uint64
+	// Session is the holder's session id ("" when free).
+	Session string
+	// Info is what the holder wrote (zero when the key never existed or holds garbage).
+	Info Info
+	// Index is Consul's ModifyIndex of the key (orders observations).
+	Index uint64
+}
+
+// Candidate is a live instance that may be promoted: its published Info and whether its
+// session still lives.
+type Candidate struct {
+	Info
+	// Live tells whether the candidate's session still holds its candidate key.
+	Live bool
+}
+
+// Leaser acquires, renews and releases the group's lock, observes its holder, and publishes
+// this instance's candidacy. Implementations renew their own session in the background.
+type Leaser interface {
+	// Acquire tries once to take the lock, writing info (with Term filled in) into the key.
+	// It returns ErrHeld when another session holds it or lock-delay is still running.
+	Acquire(ctx context.Context, info Info) (Lease, error)
+	// Watch sends the key's state now and after every change until ctx ends; a slow reader
+	// only sees the latest state. The channel closes when ctx ends or the Leaser closes.
+	Watch(ctx context.Context) <-chan Holder
+	// Publish writes (or updates) this instance's candidacy with its position. The
+	// candidacy lives as long as the Leaser's session.
+	Publish(ctx context.Context, info Info) error
+	// Candidates lists every published candidacy, live or not.
+	Candidates(ctx context.Context) ([]Candidate, error)
+	// Timing returns the timing parameters in use.
+	Timing() Timing
+	// Close releases the lock if held, withdraws the candidacy and ends the session.
+	Close(ctx context.Context) error
+}
+
+// Lease is a held lock. Its Deadline moves forward with every successful renewal of the
+// session; past it the holder must not act as master even if it still believes it holds the
+// lock (see Timing for why that is safe).
+type Lease interface {
+	// Term is the fencing term: the key's LockIndex after this acquisition.
+	Term() uint64
+	// Deadline is the local (monotonic) instant until which this instance may run the app.
+	Deadline() time.Time
+	// Renewed delivers the new deadline after every renewal that extended it; a slow reader
+	// only sees the latest one. It is closed when the lease ends.
+	Renewed() <-chan time.Time
+	// Done is closed when the lease is lost or released; Err then tells why (wraps ErrLost).
+	Done() <-chan struct{}
+	// Err is nil while the lease is held.
+	Err() error
+	// Update rewrites the lock key's value (e.g. a new position) while the lease is held.
+	Update(ctx context.Context, info Info) error
+	// Release frees the lock without lock-delay so that a clone takes over at once. The
+	// caller must have stopped the app first: Release ends this instance's mastership
+	// immediately and nothing but the caller's ordering protects the handover.
+	Release(ctx context.Context) error
+}

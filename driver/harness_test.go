@@ -1,0 +1,215 @@
+package driver_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/client"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/testimage"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin/harness"
+)
+
+// These tests drive the built plugin binary through plugin/harness against
+// the real Docker engine, with the locally built test image.
+
+var (
+	pluginBin string
+	testImage string
+	dockerCli *client.Client
+)
+
+// basePluginHCL keeps test images: image GC would remove them between
+// tests.
+const basePluginHCL = `gc {
+  image = false
+}
+`
+
+func TestMain(m *testing.M) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	var err error
+	pluginBin, err = harness.BuildPlugin()
+	if err == nil {
+		testImage, err = testimage.Build(ctx)
+	}
+	if err == nil {
+		dockerCli, err = client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	}
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "driver tests need the plugin binary, the test image and a Docker engine:", err)
+		os.Exit(1)
+	}
+	os.Exit(m.Run())
+}
+
+func ctxFor(t *testing.T, d time.Duration) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// startAgent launches the plugin as a Nomad client would, with extra
+// plugin config appended to basePluginHCL.
+func startAgent(t *testing.T, extraHCL string) *harness.Client {
+	t.Helper()
+	ctx := ctxFor(t, 90*time.Second)
+	c, err := harness.StartAgent(ctx, harness.Options{Binary: pluginBin}, basePluginHCL+extraHCL)
+	if err != nil {
+		t.Fatalf("agent start: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := c.Plugin.CheckLogs(); err != nil {
+			t.Errorf("stderr discipline: %v", err)
+		}
+		c.Stop(context.Background())
+	})
+	return c
+}
+
+// prepare lays out a task; spec.Job/Group/Task default to test values.
+func prepare(t *testing.T, c *harness.Client, spec harness.TaskSpec) *harness.Task {
+	t.Helper()
+	if spec.Job == "" {
+		spec.Job = "test"
+	}
+	if spec.Group == "" {
+		spec.Group = "g"
+	}
+	if spec.Task == "" {
+		spec.Task = "app"
+	}
+	task, err := c.PrepareTask(t.TempDir(), spec)
+	if err != nil {
+		t.Fatalf("prepare task: %v", err)
+	}
+	t.Cleanup(task.Logs.Close)
+	return task
+}
+
+// start prepares and starts a task, and destroys it at cleanup.
+func start(t *testing.T, c *harness.Client, spec harness.TaskSpec) *harness.Task {
+	t.Helper()
+	task := prepare(t, c, spec)
+	if err := c.StartTask(ctxFor(t, 60*time.Second), task); err != nil {
+		t.Fatalf("start task: %v", err)
+	}
+	t.Cleanup(func() { destroy(t, c, task) })
+	return task
+}
+
+func destroy(t *testing.T, c *harness.Client, task *harness.Task) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_ = c.StopAndDestroy(ctx, task, 2*time.Second, "SIGKILL")
+}
+
+// appConfig is a task config using the test image.
+func appConfig(lines ...string) string {
+	return fmt.Sprintf("image = %q\n", testImage) + strings.Join(lines, "\n")
+}
+
+// containerOf finds the task's container by its labels.
+func containerOf(t *testing.T, task *harness.Task) container.InspectResponse {
+	t.Helper()
+	ctx := ctxFor(t, 10*time.Second)
+	list, err := dockerCli.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(
+		filters.Arg("label", "com.bedrock-nomad.task_id="+task.ID()))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 1 {
+		t.Fatalf("want one container for task %s, found %d", task.ID(), len(list))
+	}
+	info, err := dockerCli.ContainerInspect(ctx, list[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info
+}
+
+// containersOfAlloc counts containers labelled with the allocation.
+func containersOfAlloc(t *testing.T, allocID string) int {
+	t.Helper()
+	list, err := dockerCli.ContainerList(ctxFor(t, 10*time.Second), container.ListOptions{All: true, Filters: filters.NewArgs(
+		filters.Arg("label", "com.bedrock-nomad.alloc_id="+allocID))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(list)
+}
+
+// exec runs a command in the task and returns stdout+stderr and the exit.
+func execIn(t *testing.T, c *harness.Client, task *harness.Task, cmd ...string) (string, int) {
+	t.Helper()
+	resp, err := c.ExecTask(ctxFor(t, 30*time.Second), task, 20*time.Second, cmd...)
+	if err != nil {
+		t.Fatalf("exec %v: %v", cmd, err)
+	}
+	return string(resp.GetStdout()) + string(resp.GetStderr()), int(resp.GetResult().GetExitCode())
+}
+
+// waitExit waits for the task to exit.
+func waitExit(t *testing.T, c *harness.Client, task *harness.Task, within time.Duration) *plugin.ExitResult {
+	t.Helper()
+	res, err := c.WaitTask(ctxFor(t, within), task)
+	if err != nil {
+		t.Fatalf("wait: %v", err)
+	}
+	return res
+}
+
+// httpGet fetches a URL, retrying until the server answers.
+func httpGet(t *testing.T, url string, within time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	var lastErr error
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(url) //nolint:noctx // test
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return string(b)
+			}
+			lastErr = fmt.Errorf("status %d: %s", resp.StatusCode, b)
+		} else {
+			lastErr = err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("GET %s: %v", url, lastErr)
+	return ""
+}
+
+func TestSmokeLifecycle(t *testing.T) {
+	c := startAgent(t, "")
+	task := start(t, c, harness.TaskSpec{
+		Config: appConfig(`args = ["/testapp", "log", "3", "-stderr"]`),
+	})
+	res := waitExit(t, c, task, 30*time.Second)
+	if !res.Successful() {
+		t.Fatalf("exit %+v", res)
+	}
+	if err := task.Logs.WaitFor("line 3", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Logs.WaitFor("err 3", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(task.Logs.Stdout(), "err 1") || strings.Contains(task.Logs.Stderr(), "line 1") {
+		t.Errorf("streams mixed: stdout %q stderr %q", task.Logs.Stdout(), task.Logs.Stderr())
+	}
+}

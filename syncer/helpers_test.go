@@ -117,7 +117,7 @@ func startSyncer(t *testing.T, name, dir string, o procOpt) *proc {
 	t.Cleanup(func() {
 		p.kill()
 		if d := os.Getenv("BEDROCK_TEST_LOGDIR"); d != "" {
-			_ = os.WriteFile(filepath.Join(d, name+".log"), []byte(p.logs.String()), 0o644)
+			_ = os.WriteFile(filepath.Join(d, strings.ReplaceAll(t.Name(), "/", "_")+"-"+name+".log"), []byte(p.logs.String()), 0o644)
 		}
 		if t.Failed() {
 			t.Logf("--- logs of %s ---\n%s", name, tail(p.logs.String(), 6000))

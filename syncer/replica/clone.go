@@ -379,30 +379,8 @@ func (s *session) initialSync(ctx context.Context, f wire.Frame) error {
 		}
 		sendErr <- s.send(wire.TRequestsDone, snap, nil)
 	}()
-	for {
-		f, err := s.read(wire.MaxPayload)
-		if err != nil {
-			return err
-		}
-		if err := s.checkTerm(f); err != nil {
-			return err
-		}
-		if f.Type == wire.TSynced {
-			break
-		}
-		if f.Type == wire.TError {
-			return peerError(f)
-		}
-		done, err := s.applyFile(f)
-		if err != nil {
-			return err
-		}
-		if done {
-			c.mu.Lock()
-			c.st.Progress.FilesDone++
-			c.mu.Unlock()
-			c.progress(false)
-		}
+	if err := s.receiveBulk(); err != nil {
+		return err
 	}
 	if err := <-sendErr; err != nil {
 		return err
@@ -745,4 +723,161 @@ func wrapApply(err error) error {
 		return nil
 	}
 	return applyError{err}
+}
+
+// bulkWriters is how many files an initial sync writes at once. Creating
+// many small files is system-call bound; two cores' worth of writers keeps
+// the network side busy while the kernel allocates inodes.
+const bulkWriters = 4
+
+type bulkJob struct {
+	begin  wire.FileBegin
+	chunks chan wire.FileData
+}
+
+// receiveBulk applies the file frames of an initial sync until Synced,
+// writing several files at once (files of a sync are independent: their
+// directories exist and nothing else touches them).
+func (s *session) receiveBulk() error {
+	c := s.c
+	jobs := make(chan *bulkJob, bulkWriters)
+	var (
+		wg      sync.WaitGroup
+		errMu   sync.Mutex
+		werr    error
+		failed  = make(chan struct{})
+		failOne sync.Once
+	)
+	fail := func(err error) {
+		errMu.Lock()
+		if werr == nil {
+			werr = err
+		}
+		errMu.Unlock()
+		failOne.Do(func() { close(failed) })
+	}
+	for i := 0; i < bulkWriters; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for job := range jobs {
+				if err := c.writeBulk(job); err != nil {
+					fail(err)
+				}
+			}
+		}()
+	}
+	var cur *bulkJob
+	finish := func(err error) error {
+		if cur != nil {
+			close(cur.chunks)
+		}
+		close(jobs)
+		wg.Wait()
+		if err != nil {
+			return err
+		}
+		errMu.Lock()
+		defer errMu.Unlock()
+		return werr
+	}
+	for {
+		select {
+		case <-failed:
+			return finish(nil)
+		default:
+		}
+		f, err := s.read(wire.MaxPayload)
+		if err != nil {
+			return finish(err)
+		}
+		if err := s.checkTerm(f); err != nil {
+			return finish(err)
+		}
+		switch f.Type {
+		case wire.TSynced:
+			return finish(nil)
+		case wire.TError:
+			return finish(peerError(f))
+		case wire.TFileBegin:
+			var b wire.FileBegin
+			if err := b.Unmarshal(f.Payload); err != nil {
+				return finish(err)
+			}
+			if err := checkName(b.Path); err != nil {
+				return finish(err)
+			}
+			if cur != nil {
+				return finish(errors.New("file begins inside another file"))
+			}
+			cur = &bulkJob{begin: b, chunks: make(chan wire.FileData, 16)}
+			select {
+			case jobs <- cur:
+			case <-failed:
+				return finish(nil)
+			}
+		case wire.TFileData:
+			if cur == nil {
+				return finish(errors.New("file data outside a file"))
+			}
+			var d wire.FileData
+			if err := d.Unmarshal(f.Payload); err != nil {
+				return finish(err)
+			}
+			// The frame buffer is reused by the next read: copy.
+			d.Data = append([]byte(nil), d.Data...)
+			d.Hashes = append([]uint64(nil), d.Hashes...)
+			select {
+			case cur.chunks <- d:
+			case <-failed:
+				return finish(nil)
+			}
+		case wire.TFileEnd:
+			if cur == nil {
+				return finish(errors.New("file end outside a file"))
+			}
+			close(cur.chunks)
+			cur = nil
+		case wire.TFileGone:
+			c.mu.Lock()
+			c.st.Progress.FilesDone++
+			c.mu.Unlock()
+		default:
+			return finish(fmt.Errorf("unexpected %s from master", f.Type))
+		}
+	}
+}
+
+// writeBulk writes one file of an initial sync. On error it still drains
+// the job so the reader never blocks on it.
+func (c *Clone) writeBulk(job *bulkJob) (err error) {
+	defer func() {
+		for range job.chunks {
+		}
+	}()
+	fw, err := c.ap.BeginFile(job.begin)
+	if err != nil {
+		return applyError{err}
+	}
+	for d := range job.chunks {
+		if err := fw.Write(d); err != nil {
+			fw.Abort()
+			if errors.Is(err, tree.ErrBadBlock) || errors.Is(err, wire.ErrMalformed) {
+				return err // transport problem: the resync re-requests
+			}
+			return applyError{err}
+		}
+		c.cfg.Metrics.BytesReceived.Add(float64(len(d.Data)))
+		c.mu.Lock()
+		c.st.Progress.BytesDone += int64(len(d.Data))
+		c.mu.Unlock()
+	}
+	if err := fw.Commit(); err != nil {
+		return applyError{err}
+	}
+	c.mu.Lock()
+	c.st.Progress.FilesDone++
+	c.mu.Unlock()
+	c.progress(false)
+	return nil
 }

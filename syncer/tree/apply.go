@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"sync"
 	"unsafe"
 
 	"github.com/zeebo/xxh3"
@@ -37,6 +38,7 @@ type Applier struct {
 	Owners bool // apply uid/gid (only meaningful when running as root)
 	Bulk   bool
 
+	mu   sync.RWMutex
 	dirs map[string]*os.File
 }
 
@@ -219,40 +221,70 @@ type FileWriter struct {
 	begin   wire.FileBegin
 	f       *os.File
 	tmp     string // name inside TmpDir
+	created bool   // we created the file (temporary or final name)
 	written int64
 }
 
 // BeginFile starts receiving b.
+//
+// In bulk mode (initial sync) a whole file is created directly under its
+// final name when nothing is there: it saves a create and a rename per
+// file, which dominate the cost of syncing many small files. Atomicity
+// matters only to a reader, and nothing reads a clone in initial sync: it
+// is not caught up, so it cannot be promoted, and a restart after a crash
+// verifies every block against the master before the clone reports synced.
 func (a *Applier) BeginFile(b wire.FileBegin) (*FileWriter, error) {
 	w := &FileWriter{a: a, begin: b}
+	base := path.Base(b.Path)
 	if !b.Whole {
-		pfd, err := a.dirFd(Parent(b.Path))
-		if err == nil {
-			fd, err := unix.Openat(pfd, path.Base(b.Path), unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-			if err == nil {
-				f := os.NewFile(uintptr(fd), b.Path)
-				if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
-					w.f = f
-					return w, nil
-				}
-				f.Close()
+		var f *os.File
+		err := a.withDirs(func(fds []int) error {
+			fd, err := unix.Openat(fds[0], base, unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return err
 			}
+			f = os.NewFile(uintptr(fd), b.Path)
+			return nil
+		}, Parent(b.Path))
+		if err == nil {
+			if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+				w.f = f
+				return w, nil
+			}
+			f.Close()
 		}
 		return nil, fmt.Errorf("update %s: no local copy: %w", b.Path, ErrNeedResync)
 	}
-	tfd, err := a.dirFd(TmpDir)
-	if err != nil {
-		return nil, fmt.Errorf("write %s: %w", b.Path, err)
+	if a.Bulk {
+		err := a.withDirs(func(fds []int) error {
+			fd, err := unix.Openat(fds[0], base, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+			if err != nil {
+				return err
+			}
+			w.f = os.NewFile(uintptr(fd), b.Path)
+			return nil
+		}, Parent(b.Path))
+		if err == nil {
+			w.created = true
+			return w, nil
+		}
 	}
 	var rnd [8]byte
 	_, _ = rand.Read(rnd[:])
 	w.tmp = hex.EncodeToString(rnd[:])
-	fd, err := unix.Openat(tfd, w.tmp, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	err := a.withDirs(func(fds []int) error {
+		fd, err := unix.Openat(fds[0], w.tmp, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		if err != nil {
+			return err
+		}
+		w.f = os.NewFile(uintptr(fd), b.Path)
+		return nil
+	}, TmpDir)
 	if err != nil {
 		w.tmp = ""
 		return nil, fmt.Errorf("write %s: %w", b.Path, err)
 	}
-	w.f = os.NewFile(uintptr(fd), b.Path)
+	w.created = true
 	return w, nil
 }
 
@@ -288,12 +320,12 @@ func (w *FileWriter) Commit() error {
 		w.Abort()
 		return fmt.Errorf("commit %s: %w", b.Path, err)
 	}
-	if w.tmp == "" || w.written != b.Size {
+	if !w.created || w.written != b.Size {
 		if err := w.f.Truncate(b.Size); err != nil {
 			return fail(err)
 		}
 	}
-	if w.a.Owners && (int(b.UID) != os.Geteuid() || int(b.GID) != os.Getegid() || w.tmp == "") {
+	if w.a.Owners && (!w.created || int(b.UID) != os.Geteuid() || int(b.GID) != os.Getegid()) {
 		if err := w.f.Chown(int(b.UID), int(b.GID)); err != nil {
 			return fail(err)
 		}
@@ -320,24 +352,17 @@ func (w *FileWriter) Commit() error {
 		}
 		w.tmp = ""
 	}
+	w.created = false
 	return nil
 }
 
 // renameIn moves a temporary file to name, replacing what is there.
 func (a *Applier) renameIn(tmp, name string) error {
 	for attempt := 0; ; attempt++ {
-		tfd, err := a.dirFd(TmpDir)
-		if err != nil {
-			return err
-		}
-		pfd, err := a.dirFd(Parent(name))
-		if err == nil {
-			err = unix.Renameat(tfd, tmp, pfd, path.Base(name))
-			if err == nil {
-				return nil
-			}
-		}
-		if attempt > 0 {
+		err := a.withDirs(func(fds []int) error {
+			return unix.Renameat(fds[0], tmp, fds[1], path.Base(name))
+		}, TmpDir, Parent(name))
+		if err == nil || attempt > 0 {
 			return err
 		}
 		// The parent is missing or not a directory, or a directory sits
@@ -359,10 +384,11 @@ func (w *FileWriter) Abort() {
 		w.f = nil
 	}
 	if w.tmp != "" {
-		if tfd, err := w.a.dirFd(TmpDir); err == nil {
-			_ = unix.Unlinkat(tfd, w.tmp, 0)
-		}
+		_ = w.a.withDirs(func(fds []int) error { return unix.Unlinkat(fds[0], w.tmp, 0) }, TmpDir)
 		w.tmp = ""
+	} else if w.created {
+		// Created under its final name: do not leave a partial file.
+		_ = w.a.withDirs(func(fds []int) error { return unix.Unlinkat(fds[0], path.Base(w.begin.Path), 0) }, Parent(w.begin.Path))
 	}
 }
 
@@ -376,29 +402,58 @@ func futimens(fd int, ns int64) error {
 	return nil
 }
 
-// dirFd returns an open descriptor of a directory of the tree, opened once
-// through Root (so it cannot be outside the tree) and cached: os.Root
-// resolves every name component by component, which for a tree of many
-// small files costs more system calls than writing them. Operations on a
-// cached directory use single, validated name components and never follow
-// a final symlink. Anything that removes or renames directories drops the
-// cache, since a cached descriptor follows its directory wherever it moves.
-func (a *Applier) dirFd(dir string) (int, error) {
-	if f, ok := a.dirs[dir]; ok {
-		return int(f.Fd()), nil
+// withDirs runs fn with open descriptors of directories of the tree. They
+// are opened once through Root (so they cannot be outside the tree) and
+// cached: os.Root resolves every name component by component, which for a
+// tree of many small files costs more system calls than writing them.
+// Operations on a cached directory use single, validated name components
+// and never follow a final symlink. Anything that removes or renames
+// directories drops the cache, since a cached descriptor follows its
+// directory wherever it moves. The read lock keeps descriptors open while
+// fn uses them; writers of the initial sync run in parallel.
+func (a *Applier) withDirs(fn func(fds []int) error, dirs ...string) error {
+	var fds [2]int
+	for {
+		missing, found := "", true
+		a.mu.RLock()
+		for i, d := range dirs {
+			f, ok := a.dirs[d]
+			if !ok {
+				missing, found = d, false
+				break
+			}
+			fds[i] = int(f.Fd())
+		}
+		if found {
+			err := fn(fds[:len(dirs)])
+			a.mu.RUnlock()
+			return err
+		}
+		a.mu.RUnlock()
+		f, err := a.Root.OpenFile(dotIfEmpty(missing), os.O_RDONLY|unix.O_DIRECTORY, 0)
+		if err != nil {
+			return err
+		}
+		a.mu.Lock()
+		if a.dirs == nil || len(a.dirs) >= 1024 {
+			a.dropLocked()
+		}
+		if _, ok := a.dirs[missing]; ok {
+			f.Close()
+		} else {
+			a.dirs[missing] = f
+		}
+		a.mu.Unlock()
 	}
-	if a.dirs == nil || len(a.dirs) >= 1024 {
-		a.dropDirs()
-	}
-	f, err := a.Root.OpenFile(dotIfEmpty(dir), os.O_RDONLY|unix.O_DIRECTORY, 0)
-	if err != nil {
-		return -1, err
-	}
-	a.dirs[dir] = f
-	return int(f.Fd()), nil
 }
 
 func (a *Applier) dropDirs() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.dropLocked()
+}
+
+func (a *Applier) dropLocked() {
 	for _, f := range a.dirs {
 		f.Close()
 	}

@@ -81,6 +81,7 @@ type procOpt struct {
 	master string // clone of
 	listen string // reuse an address (restarts)
 	extra  []string
+	nobody bool // run as uid/gid 65534 (binary copied where that user can run it)
 }
 
 // startSyncer starts a syncer process on dir. With o.master empty it is a
@@ -105,7 +106,14 @@ func startSyncer(t *testing.T, name, dir string, o procOpt) *proc {
 		args = append(args, "-listen", p.listen)
 	}
 	args = append(args, o.extra...)
-	cmd := exec.Command(os.Args[0], args...)
+	bin := os.Args[0]
+	if o.nobody {
+		bin = nobodyBinary(t)
+	}
+	cmd := exec.Command(bin, args...)
+	if o.nobody {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	}
 	cmd.Env = append(os.Environ(), reexecEnv+"=1", "BEDROCK_SYNC_SECRET="+o.secret)
 	cmd.Stdout = p.logs
 	cmd.Stderr = p.logs
@@ -332,4 +340,29 @@ func randBytes(n int, seed byte) []byte {
 		b[i] = byte(x)
 	}
 	return b
+}
+
+var nobodyBin struct {
+	sync.Mutex
+	path string
+}
+
+// nobodyBinary copies the test binary to a directory an unprivileged user
+// can enter, once per test binary run.
+func nobodyBinary(t *testing.T) string {
+	t.Helper()
+	nobodyBin.Lock()
+	defer nobodyBin.Unlock()
+	if nobodyBin.path != "" {
+		return nobodyBin.path
+	}
+	dir, err := os.MkdirTemp("", "syncer-nobody-")
+	must(t, err)
+	must(t, os.Chmod(dir, 0o755))
+	b, err := os.ReadFile(os.Args[0])
+	must(t, err)
+	p := filepath.Join(dir, "syncer.test")
+	must(t, os.WriteFile(p, b, 0o755))
+	nobodyBin.path = p
+	return p
 }

@@ -543,7 +543,7 @@ func (s *session) applyFile(f wire.Frame) (bool, error) {
 		if s.fw != nil {
 			return false, errors.New("file begins inside another file")
 		}
-		fw, err := c.ap.BeginFile(b)
+		fw, err := c.ap.BeginFile(b, false)
 		if err != nil {
 			return false, applyError{err}
 		}
@@ -855,7 +855,7 @@ func (c *Clone) writeBulk(job *bulkJob) (err error) {
 		for range job.chunks {
 		}
 	}()
-	fw, err := c.ap.BeginFile(job.begin)
+	fw, err := c.ap.BeginFile(job.begin, true)
 	if err != nil {
 		return applyError{err}
 	}

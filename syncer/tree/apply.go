@@ -27,12 +27,14 @@ var ErrBadBlock = errors.New("block checksum mismatch")
 // Applier changes a clone's tree. Every access goes through Root, so no name
 // can reach outside the data directory, even through a symlink.
 //
-// Durability: a file written during live replication is fdatasync'ed before
-// it is renamed into place or its change acknowledged. During an initial sync
-// (Bulk) per-file syncs are skipped and the caller calls Sync (syncfs) once
-// before it records the position: thousands of fsyncs would dominate the
-// time, and a clone that crashes during a sync re-verifies every block
-// against the master's manifest when it starts again anyway.
+// Durability: without Bulk every file is fdatasync'ed before it is renamed
+// into place. With Bulk (what the clone uses) per-file syncs are skipped and
+// the caller calls Sync (syncfs) before it records or acknowledges a
+// position: a group commit. Thousands of fsyncs would dominate an initial
+// sync, and a burst of live changes is acknowledged after one flush. A
+// clone that crashes before the flush re-verifies every block against the
+// master's manifest when it starts again, and an unacknowledged change is
+// sent again anyway.
 type Applier struct {
 	Root   *os.Root
 	Owners bool // apply uid/gid (only meaningful when running as root)
@@ -227,13 +229,13 @@ type FileWriter struct {
 
 // BeginFile starts receiving b.
 //
-// In bulk mode (initial sync) a whole file is created directly under its
+// With direct (initial sync) a whole file is created directly under its
 // final name when nothing is there: it saves a create and a rename per
 // file, which dominate the cost of syncing many small files. Atomicity
 // matters only to a reader, and nothing reads a clone in initial sync: it
 // is not caught up, so it cannot be promoted, and a restart after a crash
 // verifies every block against the master before the clone reports synced.
-func (a *Applier) BeginFile(b wire.FileBegin) (*FileWriter, error) {
+func (a *Applier) BeginFile(b wire.FileBegin, direct bool) (*FileWriter, error) {
 	w := &FileWriter{a: a, begin: b}
 	base := path.Base(b.Path)
 	if !b.Whole {
@@ -255,7 +257,7 @@ func (a *Applier) BeginFile(b wire.FileBegin) (*FileWriter, error) {
 		}
 		return nil, fmt.Errorf("update %s: no local copy: %w", b.Path, ErrNeedResync)
 	}
-	if a.Bulk {
+	if direct {
 		err := a.withDirs(func(fds []int) error {
 			fd, err := unix.Openat(fds[0], base, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 			if err != nil {

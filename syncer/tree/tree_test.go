@@ -65,7 +65,7 @@ func TestApplierConfined(t *testing.T) {
 	defer root.Close()
 	a := &Applier{Root: root}
 	must(t, a.Prepare())
-	w, err := a.BeginFile(wire.FileBegin{Path: "esc/pwned", Size: 1, Mode: 0o644, Whole: true})
+	w, err := a.BeginFile(wire.FileBegin{Path: "esc/pwned", Size: 1, Mode: 0o644, Whole: true}, false)
 	must(t, err)
 	if err := w.Commit(); err == nil {
 		t.Fatal("write through an escaping symlink succeeded")

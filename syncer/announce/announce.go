@@ -1,0 +1,169 @@
+// Package announce carries the syncer's role to the driver that gates the app container: the
+// syncer (Announcer) pushes its state as JSON lines over a unix socket in the allocation's
+// shared directory, and the driver (Gate) runs the app only while the last state says master
+// and its deadline has not passed — and stops it when the syncer goes silent, even if the
+// syncer is frozen and cannot say anything.
+//
+// Deadlines never cross the socket as instants: the sender writes the time left and its wall
+// time, and the receiver turns that into an instant on its own monotonic clock at receipt,
+// subtracting the message's time in transit. A wall-clock step can only make a deadline
+// earlier, never later, except a backward step, whose effect is bounded by the heartbeat
+// period because every heartbeat carries a fresh time-left.
+package announce
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+)
+
+// SocketName is the socket's file name inside the allocation's alloc/tmp directory.
+//
+// alloc/tmp, not alloc/data: alloc/data is the replicated data directory and the app
+// container's mount; a socket there would be seen by the replicator's watcher (and cannot be
+// copied), and the app could reach or delete it. alloc/tmp is shared by every task of the
+// allocation (so the syncer task and the driver both reach it), is not replicated, is not
+// mounted into the app container, and disappears with the allocation.
+const SocketName = "bedrock-role.sock"
+
+// SocketPath returns the socket path for an allocation directory (NOMAD_ALLOC_DIR's parent,
+// i.e. the directory holding alloc/ and the task directories).
+func SocketPath(allocDir string) string {
+	return filepath.Join(allocDir, "alloc", "tmp", SocketName)
+}
+
+// Version is the protocol version carried by every message; a receiver rejects other major
+// versions rather than misread a deadline.
+const Version = 1
+
+// MaxLine bounds one JSON line; a longer one ends the connection.
+const MaxLine = 64 << 10
+
+// Role is what the syncer is.
+type Role string
+
+// The roles. Only RoleMaster lets the app run.
+const (
+	// RoleUnknown: the syncer does not know yet (starting, or lost Consul).
+	RoleUnknown Role = "unknown"
+	// RoleCandidate: no master is known; this instance may be promoted.
+	RoleCandidate Role = "candidate"
+	// RoleClone: another instance is master; this one replicates from it.
+	RoleClone Role = "clone"
+	// RoleMaster: this instance holds the lock; its app may run until the deadline.
+	RoleMaster Role = "master"
+)
+
+// Valid tells whether r is one of the known roles.
+func (r Role) Valid() bool {
+	switch r {
+	case RoleUnknown, RoleCandidate, RoleClone, RoleMaster:
+		return true
+	}
+	return false
+}
+
+// Position is a replication position (same JSON as the syncer's).
+type Position struct {
+	Term uint64 `json:"term"`
+	Seq  uint64 `json:"seq"`
+}
+
+// Progress is the initial sync's progress, for task events.
+type Progress struct {
+	FilesTotal int64 `json:"files_total"`
+	FilesDone  int64 `json:"files_done"`
+	BytesTotal int64 `json:"bytes_total"`
+	BytesDone  int64 `json:"bytes_done"`
+	Done       bool  `json:"done"`
+}
+
+// State is what the syncer announces.
+type State struct {
+	// Role is the syncer's role.
+	Role Role
+	// Term is the election term (the lock's LockIndex) the role belongs to.
+	Term uint64
+	// Position is the local copy's replication position.
+	Position Position
+	// CaughtUp tells whether the local copy follows the live stream (initial sync done).
+	CaughtUp bool
+	// Deadline is the instant, on the holder's monotonic clock, until which the app may run.
+	// On the Announcer side it is the lease's deadline; on the Gate side it was converted at
+	// receipt. Zero unless Role is master.
+	Deadline time.Time
+	// MasterAddr is where the master's syncer listens (informative for clones).
+	MasterAddr string
+	// Progress is the initial sync's progress (nil when not syncing).
+	Progress *Progress
+	// Message is a human sentence for task events ("promoted to master at term 7").
+	Message string
+}
+
+// message is one JSON line. Every message carries the full state: a heartbeat is the latest
+// state resent, so a receiver that lost anything is whole again at the next line.
+type message struct {
+	V          int       `json:"v"`
+	Seq        uint64    `json:"seq"`
+	SentAt     time.Time `json:"sent_at"`
+	Role       Role      `json:"role"`
+	Term       uint64    `json:"term"`
+	Position   Position  `json:"position"`
+	CaughtUp   bool      `json:"caught_up"`
+	DeadlineIn int64     `json:"deadline_in_ns"` // time left at SentAt; 0: no deadline
+	MasterAddr string    `json:"master_addr,omitempty"`
+	Progress   *Progress `json:"progress,omitempty"`
+	Message    string    `json:"message,omitempty"`
+}
+
+// encode builds the line for s at now (now carries both clocks: wall for SentAt, monotonic
+// for the time left).
+func encode(s State, seq uint64, now time.Time) ([]byte, error) {
+	m := message{V: Version, Seq: seq, SentAt: now.Round(0), Role: s.Role, Term: s.Term, Position: s.Position,
+		CaughtUp: s.CaughtUp, MasterAddr: s.MasterAddr, Progress: s.Progress, Message: s.Message}
+	if m.Role == "" {
+		m.Role = RoleUnknown
+	}
+	if !s.Deadline.IsZero() {
+		// a past deadline is sent as 1ns left, not 0, so that "master, expired" stays
+		// distinguishable from "no deadline"; the gate is closed either way
+		m.DeadlineIn = max(int64(s.Deadline.Sub(now)), 1)
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("announce: encode state: %w", err)
+	}
+	return append(b, '\n'), nil
+}
+
+// decode parses one line received at recv and converts its deadline to recv's clock.
+func decode(line []byte, recv time.Time) (State, uint64, error) {
+	var m message
+	if err := json.Unmarshal(line, &m); err != nil {
+		return State{}, 0, fmt.Errorf("announce: malformed message: %w", err)
+	}
+	if m.V != Version {
+		return State{}, 0, fmt.Errorf("announce: protocol version %d, want %d", m.V, Version)
+	}
+	if !m.Role.Valid() {
+		return State{}, 0, fmt.Errorf("announce: unknown role %q", m.Role)
+	}
+	if m.DeadlineIn < 0 {
+		return State{}, 0, errors.New("announce: negative deadline")
+	}
+	s := State{Role: m.Role, Term: m.Term, Position: m.Position, CaughtUp: m.CaughtUp,
+		MasterAddr: m.MasterAddr, Progress: m.Progress, Message: m.Message}
+	if m.DeadlineIn > 0 {
+		// Time in transit by the shared wall clock (same host). A negative transit means the
+		// wall clock stepped back: count it as zero (the heartbeat bounds the error).
+		transit := max(recv.Round(0).Sub(m.SentAt), 0)
+		left := time.Duration(m.DeadlineIn) - transit
+		if left <= time.Nanosecond {
+			left = 0 // expired (sent as 1ns left): the deadline is now
+		}
+		s.Deadline = recv.Add(left)
+	}
+	return s, m.Seq, nil
+}

@@ -24,7 +24,6 @@ const (
 	defaultDanglingPeriod  = 5 * time.Minute
 	defaultDanglingGrace   = 5 * time.Minute
 	defaultConsulAddress   = "127.0.0.1:8500"
-	defaultNomadAddress    = "http://127.0.0.1:4646"
 	configAttrEndpoint     = "docker_endpoint"
 	configAttrPullTimeout  = "pull_timeout"
 	taskAttrPullTimeout    = "image_pull_timeout"
@@ -144,7 +143,9 @@ func configSpec() *hclspec.Spec {
 			"tls":     hclspec.Block("tls", false, tlsSpec()),
 		})),
 		"nomad": hclspec.Block("nomad", false, hclspec.Object(map[string]*hclspec.Spec{
-			"address": hclspec.Default(hclspec.Attr("address", "string"), hclspec.Literal(`"`+defaultNomadAddress+`"`)),
+			// No default: without an address (here or NOMAD_ADDR in the
+			// agent's environment) the placement policy is not checked.
+			"address": hclspec.Attr("address", "string"),
 			"token":   hclspec.Attr("token", "string"),
 			"tls":     hclspec.Block("tls", false, tlsSpec()),
 		})),
@@ -238,7 +239,7 @@ func parsePluginConfig(raw []byte) (*settings, error) {
 		allowUnsafePlacement: c.AllowUnsafePlacement,
 		volumesEnabled:       c.VolumesEnabled,
 		consul:               ConsulConfig{Address: defaultConsulAddress},
-		nomad:                NomadConfig{Address: defaultNomadAddress},
+		nomad:                NomadConfig{},
 	}
 	if s.endpoint == "" {
 		s.endpoint = os.Getenv("DOCKER_HOST")

@@ -30,6 +30,8 @@ var Version = "0.1.0-dev"
 type Driver struct {
 	logger hclog.Logger
 	events *eventBroker
+	// placement caches the placement policy for the current settings.
+	placement placementGuard
 
 	mu     sync.RWMutex
 	cfg    *settings

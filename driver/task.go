@@ -26,6 +26,9 @@ func (d *Driver) StartTask(ctx context.Context, cfg *plugin.TaskConfig) (*plugin
 	if err != nil {
 		return nil, nil, err
 	}
+	if err := d.checkPlacement(ctx, cfg); err != nil {
+		return nil, nil, err
+	}
 	if kind == kindSyncer {
 		return nil, nil, plugin.NewFatalError(errors.New("syncer tasks are not supported by this build of the bedrock driver yet; run the app task alone (no syncer block) until then"))
 	}

@@ -105,6 +105,13 @@ func (d *Driver) ExecTaskStreaming(ctx context.Context, req *plugin.ExecRequest)
 	if req.Stdin != nil {
 		go func() {
 			_, _ = io.Copy(hijacked.Conn, req.Stdin)
+			if req.TTY {
+				// The engine closes a tty exec's output as soon as its
+				// stdin closes, losing what the command prints after; so
+				// end the input the way a terminal does: ^D.
+				_, _ = hijacked.Conn.Write([]byte{0x04})
+				return
+			}
 			// End of the user's input: half-close so the command sees EOF.
 			_ = hijacked.CloseWrite()
 		}()

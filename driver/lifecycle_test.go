@@ -347,4 +347,3 @@ func TestTaskEventsOnPullFailure(t *testing.T) {
 		t.Fatal("no pull event")
 	}
 }
-

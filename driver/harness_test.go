@@ -213,3 +213,15 @@ func TestSmokeLifecycle(t *testing.T) {
 		t.Errorf("streams mixed: stdout %q stderr %q", task.Logs.Stdout(), task.Logs.Stderr())
 	}
 }
+
+// startAgentHCL launches the plugin with exactly this plugin config.
+func startAgentHCL(t *testing.T, pluginHCL string) *harness.Client {
+	t.Helper()
+	ctx := ctxFor(t, 90*time.Second)
+	c, err := harness.StartAgent(ctx, harness.Options{Binary: pluginBin}, pluginHCL)
+	if err != nil {
+		t.Fatalf("agent start: %v", err)
+	}
+	t.Cleanup(func() { c.Stop(context.Background()) })
+	return c
+}

@@ -49,6 +49,11 @@ type Status struct {
 // socket (re)appears, and answers whether the app may run. It fails closed: before the first
 // line, after the connection drops, after Silence without a line, at the deadline, and on any
 // role but master.
+//
+// Contract with the driver: when the gate closes, stop the app at once and have it dead within
+// the lease's stop budget (500ms by default, see lease.Timing): the deadline the syncer
+// announces already reserves that time before any other instance can be promoted. Before
+// starting the app, check MayRun; while it runs, follow Updates (or Status.Until).
 type Gate struct {
 	path string
 	cfg  GateConfig
@@ -280,4 +285,12 @@ func (g *Gate) read(ctx context.Context, c interface {
 			return
 		}
 	}
+}
+
+// Follow starts a Gate on the socket at path that follows the syncer until ctx ends; read its
+// Updates or ask MayRun.
+func Follow(ctx context.Context, path string, cfg GateConfig) *Gate {
+	g := NewGate(path, cfg)
+	go func() { _ = g.Run(ctx) }()
+	return g
 }

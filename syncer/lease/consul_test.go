@@ -21,6 +21,7 @@ import (
 // that a killed agent is declared failed in a couple of seconds. Every subtest uses its own
 // group (its own keys); only SerfHealth kills an agent (client-3, used by no other subtest).
 func TestConsul(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("needs a Consul agent")
 	}
@@ -484,6 +485,7 @@ func (e *env) renewals(t *testing.T) {
 
 // A Consul with its default session_ttl_min (10s) refuses the 3s TTL: the error says what to do.
 func TestConsulRefusesShortTTL(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("needs a Consul agent")
 	}
@@ -527,4 +529,85 @@ func TestKeyPrefix(t *testing.T) {
 	if got := KeyPrefix("", "default", "web/app", "g 1"); got != "bedrock/default/web%2Fapp/g%201" {
 		t.Fatalf("KeyPrefix = %q", got)
 	}
+}
+
+// The local agent hangs (SIGSTOP) while this instance is master. Shorter than the TTL: the
+// renewals fail and time out, the deadline lapses (the app must stop), and once the agent is
+// back a renewal succeeds and the same lease (same term) gets a deadline ahead again. Longer
+// than the TTL: the Leaser presumes its session gone, ends the lease with ErrLost and gets a
+// new session when the agent is back. Slow gossip, so that a pause of a few seconds does not
+// get the node declared failed (serfHealth would end the session: see SerfHealth).
+func TestConsulAgentHang(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("needs a Consul agent")
+	}
+	if _, err := consul.Binary(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("no consul binary: %v", err)
+		}
+		t.Skipf("no consul binary: %v", err)
+	}
+	// the dev server gossips fast (a node silent ~1s is failed); slow it to production-like
+	// timing so that a short hang is a hang, not a node loss
+	c := consul.Start(t, consul.WithClients(1),
+		consul.WithHCL(`gossip_lan { probe_interval = "1s" probe_timeout = "500ms" suspicion_mult = 6 }`))
+	e := &env{c: c}
+	tm := DefaultTiming()
+	a := e.leaser(t, 0, "hang", "a", tm)
+	ctx := ctxT(t, 60*time.Second)
+	la, err := a.Acquire(ctx, info("a", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+
+	// shorter than the TTL
+	c.PauseClient(0)
+	paused := time.Now()
+	time.Sleep(tm.Validity() + 300*time.Millisecond)
+	if left := time.Until(la.Deadline()); left > 0 {
+		t.Fatalf("deadline still %s ahead with the agent hung for %s", left, time.Since(paused))
+	}
+	if la.Err() != nil {
+		t.Fatalf("lease ended before the TTL: %v", la.Err())
+	}
+	select { // drop the renewal from before the pause
+	case <-la.Renewed():
+	default:
+	}
+	c.ResumeClient(0)
+	resumed := time.Now()
+	select {
+	case d := <-la.Renewed():
+		t.Logf("agent hung %s: deadline lapsed, renewed %s after resume (%s ahead)",
+			resumed.Sub(paused).Round(time.Millisecond), time.Since(resumed).Round(time.Millisecond), time.Until(d).Round(time.Millisecond))
+	case <-time.After(2 * time.Second):
+		t.Fatalf("no renewal after resume: %v", la.Err())
+	}
+	if la.Err() != nil || time.Until(la.Deadline()) <= 0 {
+		t.Fatalf("lease after resume: err %v, deadline %s", la.Err(), time.Until(la.Deadline()))
+	}
+	kv, _, err := c.Client().KV().Get(a.LeaderKey(), nil)
+	if err != nil || kv == nil || kv.Session != a.Session() || kv.LockIndex != la.Term() {
+		t.Fatalf("key after resume: %+v %v", kv, err)
+	}
+
+	// longer than the TTL
+	old := a.Session()
+	time.Sleep(time.Second)
+	c.PauseClient(0)
+	paused = time.Now()
+	select {
+	case <-la.Done():
+		t.Logf("agent hung: lease given up %s after the pause: %v", time.Since(paused).Round(time.Millisecond), la.Err())
+	case <-time.After(tm.TTL + 2*time.Second):
+		c.ResumeClient(0)
+		t.Fatal("lease not given up after a TTL without renewal")
+	}
+	if !errors.Is(la.Err(), ErrLost) {
+		t.Fatalf("err = %v", la.Err())
+	}
+	c.ResumeClient(0)
+	waitFor(t, 10*time.Second, func() bool { return a.Session() != old })
 }

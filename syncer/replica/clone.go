@@ -443,8 +443,9 @@ func (c *Clone) reconcileLocal(master map[string]*tree.Entry, term uint64) (*pla
 	if st.Role == "master" && st.MasterTerm < term {
 		dest := fmt.Sprintf("%s/term%d-%s", tree.LostFound, st.MasterTerm, time.Now().UTC().Format("20060102T150405.000Z"))
 		moved := 0
+		skip := "\x00" // descendants of what was just moved come right after it
 		for _, l := range tree.Sorted(local) {
-			if local[l.Path] == nil { // inside a directory moved already
+			if tree.Under(l.Path, skip) {
 				continue
 			}
 			m := master[l.Path]
@@ -458,19 +459,19 @@ func (c *Clone) reconcileLocal(master map[string]*tree.Entry, term uint64) (*pla
 				return nil, err
 			}
 			moved++
-			for k := range local {
-				if tree.Under(k, l.Path) {
-					delete(local, k)
-				}
-			}
+			skip = l.Path
+			delete(local, l.Path)
 		}
 		if moved > 0 {
 			c.log.Warn("former master: divergent data moved aside", "entries", moved, "dir", dest)
 		}
 	}
-	// Deletes (top level only).
+	// Deletes, top level only. Entries below a deleted name are never looked
+	// up again: the master has nothing below a name whose type it changed or
+	// that it does not have.
+	skip := "\x00"
 	for _, l := range tree.Sorted(local) {
-		if local[l.Path] == nil {
+		if tree.Under(l.Path, skip) {
 			continue
 		}
 		m := master[l.Path]
@@ -480,11 +481,8 @@ func (c *Clone) reconcileLocal(master map[string]*tree.Entry, term uint64) (*pla
 		if err := c.ap.Delete(l.Path); err != nil {
 			return nil, err
 		}
-		for k := range local {
-			if tree.Under(k, l.Path) {
-				delete(local, k)
-			}
-		}
+		skip = l.Path
+		delete(local, l.Path)
 	}
 	p := &plan{}
 	for _, m := range tree.Sorted(master) {

@@ -125,7 +125,8 @@ func (m *Master) appendOps(ops []*op) {
 			m.log.Debug("op", "seq", o.seq, "kind", o.kind.String(), "path", o.path, "to", o.to, "ranges", len(o.ranges), "whole", o.whole)
 		}
 	}
-	if over := len(m.ops) - m.cfg.LogOps; over > 0 {
+	// Trim in steps of a quarter of the log, so appending stays cheap.
+	if over := len(m.ops) - m.cfg.LogOps; over > m.cfg.LogOps/4 {
 		m.ops = append([]*op(nil), m.ops[over:]...)
 		m.first += uint64(over)
 	}

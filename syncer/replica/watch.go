@@ -260,13 +260,30 @@ func (m *Master) reconcile(now map[string]*tree.Entry, scopes []scope) {
 	var ops []*op
 	for round := 0; round < 3; round++ {
 		var removed, added []*tree.Entry
-		for p, old := range m.cache {
-			if !inScope(p) {
-				continue
-			}
-			n := now[p]
-			if n == nil || replaced(old, n) {
+		check := func(p string, old *tree.Entry) {
+			if n := now[p]; n == nil || replaced(old, n) {
 				removed = append(removed, old)
+			}
+		}
+		// Only a recursive scope (a directory that appeared, vanished or
+		// was replaced, or a full rescan) needs a pass over the whole
+		// cache; a plain change looks at its own name, which keeps a single
+		// write cheap in a tree of many files.
+		recursive := false
+		for _, s := range scopes {
+			recursive = recursive || s.recursive
+		}
+		if recursive {
+			for p, old := range m.cache {
+				if inScope(p) {
+					check(p, old)
+				}
+			}
+		} else {
+			for _, s := range scopes {
+				if old := m.cache[s.path]; old != nil {
+					check(s.path, old)
+				}
 			}
 		}
 		for p, n := range now {

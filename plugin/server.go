@@ -79,45 +79,37 @@ func (s *driverServer) Capabilities(context.Context, *driverpb.CapabilitiesReque
 // Fingerprint keeps the stream open until the client cancels it: an ended
 // stream makes the Nomad client re-open it in a tight loop.
 func (s *driverServer) Fingerprint(_ *driverpb.FingerprintRequest, stream driverpb.Driver_FingerprintServer) error {
-	ctx := stream.Context()
-	ch, err := s.impl.Fingerprint(ctx)
+	ch, err := s.impl.Fingerprint(stream.Context())
 	if err != nil {
 		return toStatus(err)
 	}
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case f, ok := <-ch:
-			if !ok {
-				<-ctx.Done()
-				return nil
-			}
-			if err := stream.Send(FingerprintToProto(f)); err != nil {
-				return nil //nolint:nilerr // the client went away; nothing to report to it
-			}
-		}
-	}
+	return forwardUntilCancelled(stream.Context(), ch, FingerprintToProto, stream.Send)
 }
 
 // TaskEvents, like Fingerprint, stays open until cancelled.
 func (s *driverServer) TaskEvents(_ *driverpb.TaskEventsRequest, stream driverpb.Driver_TaskEventsServer) error {
-	ctx := stream.Context()
-	ch, err := s.impl.TaskEvents(ctx)
+	ch, err := s.impl.TaskEvents(stream.Context())
 	if err != nil {
 		return toStatus(err)
 	}
+	return forwardUntilCancelled(stream.Context(), ch, TaskEventToProto, stream.Send)
+}
+
+// forwardUntilCancelled sends every value of ch until the client cancels.
+// A closed channel does not end the stream (the client would take that for
+// a broken plugin and retry at once); a failed send means the client left.
+func forwardUntilCancelled[T any, P any](ctx context.Context, ch <-chan T, conv func(T) P, send func(P) error) error {
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case e, ok := <-ch:
+		case v, ok := <-ch:
 			if !ok {
 				<-ctx.Done()
 				return nil
 			}
-			if err := stream.Send(TaskEventToProto(e)); err != nil {
-				return nil //nolint:nilerr // the client went away
+			if err := send(conv(v)); err != nil {
+				return nil //nolint:nilerr // the client went away; nothing to report to it
 			}
 		}
 	}

@@ -57,7 +57,6 @@ type Consul struct {
 	lease     *consulLease
 	published *Info // last candidacy, republished on a new session
 	closed    bool
-	changed   chan struct{} // closed and replaced when the session changes
 	kick      chan struct{} // wakes the renewer to recompute its interval (lock acquired)
 }
 
@@ -97,7 +96,6 @@ func NewConsul(ctx context.Context, cfg ConsulConfig) (*Consul, error) {
 		timing:  t,
 		log:     log.Named("lease"),
 		prefix:  KeyPrefix(cfg.Root, cfg.Namespace, cfg.Job, cfg.Group),
-		changed: make(chan struct{}),
 		kick:    make(chan struct{}, 1),
 	}
 	sent := time.Now()
@@ -204,11 +202,16 @@ func (c *Consul) renewLoop(ctx context.Context) {
 			c.replaceSession(ctx, id, fmt.Errorf("%w: session %s invalidated by Consul", ErrLost, id))
 			failing = false
 		default:
-			failing = true
 			if time.Since(lastOK) < c.timing.TTL {
-				c.log.Warn("session renewal failed; retrying", "session", id, "error", err)
+				if !failing {
+					c.log.Warn("session renewal failed; retrying", "session", id, "every", c.timing.RetryEvery, "error", err)
+				} else {
+					c.log.Debug("session renewal failed again", "session", id, "error", err)
+				}
+				failing = true
 				continue
 			}
+			failing = true
 			c.log.Error("session not renewed for a TTL; presuming it gone", "session", id, "ttl", c.timing.TTL, "error", err)
 			c.replaceSession(ctx, id, fmt.Errorf("%w: session %s not renewed for %s: %w", ErrLost, id, c.timing.TTL, err))
 		}
@@ -243,8 +246,6 @@ func (c *Consul) replaceSession(ctx context.Context, old string, cause error) {
 		if err == nil {
 			c.mu.Lock()
 			c.session, c.lastOK = id, sent
-			close(c.changed)
-			c.changed = make(chan struct{})
 			pub := c.published
 			c.mu.Unlock()
 			c.log.Info("new session", "session", id)
@@ -397,6 +398,29 @@ func (c *Consul) Publish(ctx context.Context, info Info) error {
 	return nil
 }
 
+// Withdraw deletes this instance's candidacy, so that it is not counted ahead of others (e.g.
+// a master stepping down withdraws before releasing, or the others would wait for it). A later
+// Publish (or Campaign) enters it again.
+func (c *Consul) Withdraw(ctx context.Context) error {
+	c.mu.Lock()
+	c.published = nil
+	session := c.session
+	c.mu.Unlock()
+	key := c.CandidateKey(c.cfg.ID)
+	// only our own candidacy: a release with our session fails harmlessly on someone else's
+	pair, _, err := c.cfg.Client.KV().Get(key, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("lease: withdraw candidacy: %w", err)
+	}
+	if pair == nil || (pair.Session != "" && pair.Session != session) {
+		return nil
+	}
+	if _, _, err := c.cfg.Client.KV().DeleteCAS(pair, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		return fmt.Errorf("lease: withdraw candidacy: %w", err)
+	}
+	return nil
+}
+
 // Candidates lists the published candidacies; Live tells whether the candidacy's session lives.
 func (c *Consul) Candidates(ctx context.Context) ([]Candidate, error) {
 	pairs, _, err := c.cfg.Client.KV().List(c.prefix+"/candidates/", (&api.QueryOptions{}).WithContext(ctx))
@@ -484,8 +508,9 @@ func holderOf(p *api.KVPair) Holder {
 	return h
 }
 
-// Close releases the lock if held, withdraws the candidacy and destroys the session. Releasing
-// first matters: a release sets no lock-delay, destroying a session holding the lock would.
+// Close withdraws the candidacy, releases the lock if held and destroys the session. Releasing
+// before destroying matters: a release sets no lock-delay, destroying a session holding the
+// lock would.
 func (c *Consul) Close(ctx context.Context) error {
 	c.mu.Lock()
 	if c.closed {
@@ -497,7 +522,12 @@ func (c *Consul) Close(ctx context.Context) error {
 	session := c.session
 	c.mu.Unlock()
 
+	// withdraw first: a live candidacy with the best position would make the others wait
+	// their rank delay for an instance that is going away
 	var errs []error
+	if err := c.Withdraw(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	if l != nil {
 		if err := l.Release(ctx); err != nil {
 			errs = append(errs, err)
@@ -505,9 +535,6 @@ func (c *Consul) Close(ctx context.Context) error {
 	}
 	c.cancel()
 	c.wg.Wait()
-	if _, err := c.cfg.Client.KV().Delete(c.CandidateKey(c.cfg.ID), (&api.WriteOptions{}).WithContext(ctx)); err != nil {
-		errs = append(errs, fmt.Errorf("lease: withdraw candidacy: %w", err))
-	}
 	if _, err := c.cfg.Client.Session().Destroy(session, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
 		errs = append(errs, fmt.Errorf("lease: destroy session %s: %w", session, err))
 	}

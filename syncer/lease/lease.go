@@ -97,11 +97,15 @@ type Leaser interface {
 	// Publish writes (or updates) this instance's candidacy with its position. The
 	// candidacy lives as long as the Leaser's session.
 	Publish(ctx context.Context, info Info) error
+	// Withdraw deletes this instance's candidacy (before stepping down, so that the others
+	// do not wait for it).
+	Withdraw(ctx context.Context) error
 	// Candidates lists every published candidacy, live or not.
 	Candidates(ctx context.Context) ([]Candidate, error)
 	// Timing returns the timing parameters in use.
 	Timing() Timing
-	// Close releases the lock if held, withdraws the candidacy and ends the session.
+	// Close withdraws the candidacy, releases the lock if held (no lock-delay: a clone
+	// takes over at once) and ends the session.
 	Close(ctx context.Context) error
 }
 
@@ -124,6 +128,8 @@ type Lease interface {
 	Update(ctx context.Context, info Info) error
 	// Release frees the lock without lock-delay so that a clone takes over at once. The
 	// caller must have stopped the app first: Release ends this instance's mastership
-	// immediately and nothing but the caller's ordering protects the handover.
+	// immediately and nothing but the caller's ordering protects the handover. To step
+	// down and stay a clone, Withdraw first and campaign again later, or this instance,
+	// usually the most caught-up, would be first in line again.
 	Release(ctx context.Context) error
 }

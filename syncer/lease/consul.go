@@ -92,11 +92,11 @@ func NewConsul(ctx context.Context, cfg ConsulConfig) (*Consul, error) {
 		log = hclog.NewNullLogger()
 	}
 	c := &Consul{
-		cfg:     cfg,
-		timing:  t,
-		log:     log.Named("lease"),
-		prefix:  KeyPrefix(cfg.Root, cfg.Namespace, cfg.Job, cfg.Group),
-		kick:    make(chan struct{}, 1),
+		cfg:    cfg,
+		timing: t,
+		log:    log.Named("lease"),
+		prefix: KeyPrefix(cfg.Root, cfg.Namespace, cfg.Job, cfg.Group),
+		kick:   make(chan struct{}, 1),
 	}
 	sent := time.Now()
 	id, err := c.createSession(ctx)

@@ -8,8 +8,8 @@ import (
 	"sync"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/errdefs"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin"
 )
@@ -144,7 +144,7 @@ func (h *taskHandle) watch(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			if errdefs.IsNotFound(err) {
+			if cerrdefs.IsNotFound(err) {
 				h.setExit(&plugin.ExitResult{ExitCode: -1, Err: fmt.Errorf("container %s was removed outside of Nomad", shortID(h.containerID))})
 				return
 			}
@@ -172,7 +172,7 @@ func (h *taskHandle) recordExit(ctx context.Context) {
 			ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			info, err = cli.ContainerInspect(ictx, h.containerID)
 			cancel()
-			if err == nil || errdefs.IsNotFound(err) || ctx.Err() != nil {
+			if err == nil || cerrdefs.IsNotFound(err) || ctx.Err() != nil {
 				break
 			}
 			time.Sleep(200 * time.Millisecond)

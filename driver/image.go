@@ -12,11 +12,11 @@ import (
 	"sync"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/distribution/reference"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/registry"
 	"github.com/docker/docker/client"
-	"github.com/docker/docker/errdefs"
 	"github.com/docker/go-units"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin"
@@ -53,7 +53,7 @@ func (d *Driver) ensureImage(ctx context.Context, h *taskHandle, tc *TaskConfig)
 		if err == nil {
 			return ref, info.ID, nil
 		}
-		if !errdefs.IsNotFound(err) {
+		if !cerrdefs.IsNotFound(err) {
 			return "", "", plugin.NewRecoverableError(fmt.Errorf("inspecting image %s: %w", ref, err))
 		}
 	}
@@ -138,14 +138,14 @@ func (d *Driver) pull(ctx context.Context, cli *client.Client, h *taskHandle, re
 func classifyPullError(ref string, err error) error {
 	msg := strings.ToLower(err.Error())
 	switch {
-	case errdefs.IsUnauthorized(err) || errdefs.IsForbidden(err) ||
+	case cerrdefs.IsUnauthorized(err) || cerrdefs.IsPermissionDenied(err) ||
 		strings.Contains(msg, "unauthorized") || strings.Contains(msg, "authentication required") ||
 		strings.Contains(msg, "incorrect username or password"):
 		return plugin.NewFatalError(fmt.Errorf("pulling image %s: the registry refused the credentials (check auth/auth_file): %w", ref, err))
-	case errdefs.IsNotFound(err) || strings.Contains(msg, "manifest unknown") || strings.Contains(msg, "not found") ||
+	case cerrdefs.IsNotFound(err) || strings.Contains(msg, "manifest unknown") || strings.Contains(msg, "not found") ||
 		strings.Contains(msg, "pull access denied") || strings.Contains(msg, "does not exist"):
 		return plugin.NewFatalError(fmt.Errorf("pulling image %s: image not found in the registry (check the name and tag, and credentials for private images): %w", ref, err))
-	case errdefs.IsInvalidParameter(err) || strings.Contains(msg, "invalid reference"):
+	case cerrdefs.IsInvalidArgument(err) || strings.Contains(msg, "invalid reference"):
 		return plugin.NewFatalError(fmt.Errorf("pulling image %s: %w", ref, err))
 	default:
 		return plugin.NewRecoverableError(fmt.Errorf("pulling image %s: registry not reachable or failing: %w", ref, err))
@@ -158,8 +158,9 @@ func classifyPullError(ref string, err error) error {
 func (d *Driver) registryAuth(ref string, tc *TaskConfig) (string, error) {
 	if tc.Auth != nil {
 		enc, err := registry.EncodeAuthConfig(registry.AuthConfig{
-			Username: tc.Auth.Username, Password: tc.Auth.Password,
-			Email: tc.Auth.Email, ServerAddress: tc.Auth.ServerAddress,
+			// email is accepted for compatibility with Nomad's docker
+			// driver; registries have not used it since Docker 1.11.
+			Username: tc.Auth.Username, Password: tc.Auth.Password, ServerAddress: tc.Auth.ServerAddress,
 		})
 		if err != nil {
 			return "", fieldError("auth", "cannot encode credentials: %v", err)

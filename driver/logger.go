@@ -14,9 +14,9 @@ import (
 	"syscall"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/client"
-	"github.com/docker/docker/errdefs"
 	"github.com/docker/docker/pkg/stdcopy"
 )
 
@@ -168,11 +168,8 @@ func (f *follower) run(ctx context.Context) error {
 	for {
 		info, err := f.cli.ContainerInspect(ctx, f.id)
 		if err != nil {
-			if errdefs.IsNotFound(err) {
-				return nil // removed: nothing more to follow
-			}
-			if ctx.Err() != nil {
-				return nil
+			if cerrdefs.IsNotFound(err) || ctx.Err() != nil {
+				return nil //nolint:nilerr // removed or told to stop: nothing more to follow
 			}
 			time.Sleep(backoff)
 			backoff = min(backoff*2, 5*time.Second)
@@ -182,7 +179,7 @@ func (f *follower) run(ctx context.Context) error {
 		running := info.State != nil && (info.State.Running || info.State.Restarting)
 		err = f.followOnce(ctx, tty)
 		if ctx.Err() != nil {
-			return nil
+			return nil //nolint:nilerr // told to stop
 		}
 		if err == nil && !running {
 			return nil // the stream of a stopped container ended: drained
@@ -195,7 +192,7 @@ func (f *follower) run(ctx context.Context) error {
 			if ierr == nil && info.State != nil && !info.State.Running && !info.State.Restarting {
 				return f.followOnce(ctx, tty)
 			}
-			if errdefs.IsNotFound(ierr) {
+			if cerrdefs.IsNotFound(ierr) {
 				return nil
 			}
 		} else {

@@ -61,6 +61,8 @@ func (d *Driver) startLogger(st *driverState) (*loggerProc, error) {
 			cmd.Env = append(cmd.Env, e)
 		}
 	}
+	// One OS thread is plenty for a line copier and keeps its footprint small.
+	cmd.Env = append(cmd.Env, "GOMAXPROCS=1")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	cmd.Dir = "/"
 	if err := cmd.Start(); err != nil {

@@ -4,8 +4,8 @@ import (
 	"testing"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/errdefs"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin/harness"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin/proto/driverpb"
@@ -47,7 +47,7 @@ func TestDanglingContainersReconciled(t *testing.T) {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		_, err := dockerCli.ContainerInspect(ctx, orphan)
-		if errdefs.IsNotFound(err) {
+		if cerrdefs.IsNotFound(err) {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -7,9 +7,9 @@ import (
 	"sync"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
-	"github.com/docker/docker/errdefs"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin"
 )
@@ -40,7 +40,7 @@ func (d *Driver) RecoverTask(ctx context.Context, handle *plugin.TaskHandle) err
 	}
 	info, err := cli.ContainerInspect(ctx, st.ContainerID)
 	if err != nil {
-		if errdefs.IsNotFound(err) {
+		if cerrdefs.IsNotFound(err) {
 			return plugin.NewFatalError(fmt.Errorf("recover: container %s of task %s no longer exists", shortID(st.ContainerID), taskID))
 		}
 		return plugin.NewRecoverableError(fmt.Errorf("recover: inspecting container %s: %w", shortID(st.ContainerID), err))
@@ -66,7 +66,7 @@ func (d *Driver) RecoverTask(ctx context.Context, handle *plugin.TaskHandle) err
 			st.LoggerPID = lp.pid
 		}
 	}
-	h := newTaskHandle(d, taskID, *st, lp)
+	h := newTaskHandle(d, taskID, *st, lp) //nolint:contextcheck // the task outlives this RPC: it hangs off the plugin's context
 	d.storeHandle(h)
 	d.images.acquire(st.ImageID)
 	d.reconcile.sawNode(nodeLabel(handle.Config))
@@ -155,7 +155,7 @@ func (r *reconciler) pass(ctx context.Context, grace time.Duration) error {
 		}
 		r.d.logger.Info("removing dangling container no task owns", "container", shortID(c.ID),
 			"task_id", c.Labels[labelTaskID], "alloc_id", c.Labels[labelAllocID])
-		if err := cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !errdefs.IsNotFound(err) {
+		if err := cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !cerrdefs.IsNotFound(err) {
 			r.d.logger.Warn("removing dangling container failed", "container", shortID(c.ID), "error", err)
 			next[c.ID] = true
 		}

@@ -7,9 +7,9 @@ import (
 	"strings"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
-	"github.com/docker/docker/errdefs"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin"
 )
@@ -59,7 +59,7 @@ func (d *Driver) StartTask(ctx context.Context, cfg *plugin.TaskConfig) (*plugin
 	}
 	created, err := cli.ContainerCreate(ctx, spec.config, spec.host, spec.network, nil, spec.name)
 	if err != nil {
-		if errdefs.IsInvalidParameter(err) {
+		if cerrdefs.IsInvalidArgument(err) {
 			return nil, nil, plugin.NewFatalError(fmt.Errorf("creating container: %w", err))
 		}
 		return nil, nil, plugin.NewRecoverableError(fmt.Errorf("creating container: %w", err))
@@ -100,7 +100,9 @@ func (d *Driver) StartTask(ctx context.Context, cfg *plugin.TaskConfig) (*plugin
 			st.StartedAt = t
 		}
 		if info.NetworkSettings != nil {
-			st.NetworkIP = info.NetworkSettings.IPAddress
+			if n := info.NetworkSettings.Networks[string(spec.host.NetworkMode)]; n != nil {
+				st.NetworkIP = n.IPAddress
+			}
 		}
 	}
 	// The follower starts after the container: with since unset it reads
@@ -119,7 +121,7 @@ func (d *Driver) StartTask(ctx context.Context, cfg *plugin.TaskConfig) (*plugin
 		cleanup()
 		return nil, nil, err
 	}
-	h := newTaskHandle(d, cfg.ID, st, lp)
+	h := newTaskHandle(d, cfg.ID, st, lp) //nolint:contextcheck // the task outlives this RPC: it hangs off the plugin's context
 	d.storeHandle(h)
 	d.images.acquire(imageID)
 	d.reconcile.sawNode(nodeLabel(cfg))
@@ -143,7 +145,7 @@ func networkOverride(st *driverState) *plugin.NetworkOverride {
 
 func classifyStartError(err error) error {
 	msg := err.Error()
-	if errdefs.IsInvalidParameter(err) || strings.Contains(msg, "executable file not found") ||
+	if cerrdefs.IsInvalidArgument(err) || strings.Contains(msg, "executable file not found") ||
 		strings.Contains(msg, "no such file or directory") || strings.Contains(msg, "permission denied") {
 		return plugin.NewFatalError(fmt.Errorf("starting container: %w", err))
 	}
@@ -169,7 +171,7 @@ func (d *Driver) removeStale(ctx context.Context, name string) error {
 			return fmt.Errorf("container %s is still owned by a running task", name)
 		}
 		d.logger.Info("removing stale container of a lost task", "container", shortID(c.ID), "name", name)
-		if err := cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true}); err != nil && !errdefs.IsNotFound(err) {
+		if err := cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true}); err != nil && !cerrdefs.IsNotFound(err) {
 			return fmt.Errorf("removing stale container %s: %w", name, err)
 		}
 	}
@@ -243,7 +245,7 @@ func (d *Driver) StopTask(ctx context.Context, taskID string, timeout time.Durat
 // isGoneOrStopped is true for kill errors that mean there is nothing to
 // signal any more.
 func isGoneOrStopped(err error) bool {
-	return errdefs.IsNotFound(err) || errdefs.IsConflict(err) || strings.Contains(err.Error(), "is not running")
+	return cerrdefs.IsNotFound(err) || cerrdefs.IsConflict(err) || strings.Contains(err.Error(), "is not running")
 }
 
 // DestroyTask removes the container (killing it when force is set) and
@@ -261,7 +263,7 @@ func (d *Driver) DestroyTask(ctx context.Context, taskID string, force bool) err
 		return plugin.NewRecoverableError(err)
 	}
 	if d.settings().gcContainer {
-		if err := cli.ContainerRemove(ctx, h.containerID, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !errdefs.IsNotFound(err) {
+		if err := cli.ContainerRemove(ctx, h.containerID, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !cerrdefs.IsNotFound(err) {
 			return plugin.NewRecoverableError(fmt.Errorf("removing container %s: %w", shortID(h.containerID), err))
 		}
 	} else if err := cli.ContainerKill(ctx, h.containerID, "SIGKILL"); err != nil && !isGoneOrStopped(err) {
@@ -271,7 +273,7 @@ func (d *Driver) DestroyTask(ctx context.Context, taskID string, force bool) err
 	h.cancel()
 	h.setExit(&plugin.ExitResult{ExitCode: -1, Err: errors.New("task destroyed")})
 	d.removeHandle(taskID)
-	d.images.release(h.state.ImageID)
+	d.images.release(h.state.ImageID) //nolint:contextcheck // removal is delayed past this RPC
 	return nil
 }
 

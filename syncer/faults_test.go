@@ -367,9 +367,13 @@ func TestCorruptFrameReRequested(t *testing.T) {
 	if !strings.Contains(c.logs.String(), "checksum") {
 		t.Fatalf("corruption not reported in the clone's logs")
 	}
-	// Live stream corruption too.
+	// Live stream corruption: the clone resumes from its position.
 	px.corrupted.Store(false)
-	px.corruptAt.Store(0)
+	px.corruptNext.Store(true)
+	waitFor(t, 10*time.Second, "live stream corrupted", px.corrupted.Load)
 	writeFile(t, filepath.Join(mdir, "live.bin"), randBytes(256<<10, 9), 0o644)
 	waitEqual(t, 20*time.Second, mdir, cdir)
+	waitFor(t, 10*time.Second, "clone resumed", func() bool {
+		return strings.Contains(c.logs.String(), `"resumed"`)
+	})
 }

@@ -348,7 +348,7 @@ var nobodyBin struct {
 }
 
 // nobodyBinary copies the test binary to a directory an unprivileged user
-// can enter, once per test binary run.
+// can enter (removed when the test ends).
 func nobodyBinary(t *testing.T) string {
 	t.Helper()
 	nobodyBin.Lock()
@@ -364,5 +364,11 @@ func nobodyBinary(t *testing.T) string {
 	p := filepath.Join(dir, "syncer.test")
 	must(t, os.WriteFile(p, b, 0o755))
 	nobodyBin.path = p
+	t.Cleanup(func() {
+		nobodyBin.Lock()
+		defer nobodyBin.Unlock()
+		os.RemoveAll(dir)
+		nobodyBin.path = ""
+	})
 	return p
 }

@@ -13,13 +13,14 @@ import (
 // direction down (so a transfer is long enough to kill something in the
 // middle of it) and flip one byte of that stream (corruption).
 type proxy struct {
-	ln        net.Listener
-	target    string
-	bps       int64        // bytes per second master->clone, 0 = unlimited
-	corruptAt atomic.Int64 // flip the byte at this stream offset once (0 = never)
-	corrupted atomic.Bool
-	mu        sync.Mutex
-	conns     []net.Conn
+	ln          net.Listener
+	target      string
+	bps         int64        // bytes per second master->clone, 0 = unlimited
+	corruptAt   atomic.Int64 // flip the byte at this stream offset once (0 = never)
+	corrupted   atomic.Bool
+	corruptNext atomic.Bool // flip a byte in the next chunk that passes
+	mu          sync.Mutex
+	conns       []net.Conn
 }
 
 func startProxy(t *testing.T, target string, bps int64) *proxy {
@@ -73,6 +74,10 @@ func (p *proxy) handle(c net.Conn) {
 		if n > 0 {
 			if at := p.corruptAt.Load(); at > 0 && off <= at && at < off+int64(n) && p.corrupted.CompareAndSwap(false, true) {
 				buf[at-off] ^= 0x5a
+			}
+			if p.corruptNext.CompareAndSwap(true, false) {
+				buf[n/2] ^= 0x5a
+				p.corrupted.Store(true)
 			}
 			off += int64(n)
 			if p.bps > 0 {

@@ -172,7 +172,7 @@ func TestGateFollowsAnnouncer(t *testing.T) {
 	}
 	// the deadline passes with heartbeats still flowing: the gate closes at the deadline
 	closed := waitGate(t, g, false, time.Second)
-	if late := closed.Sub(deadline); late < -5*time.Millisecond || late > 50*time.Millisecond {
+	if late := closed.Sub(deadline); late < -5*time.Millisecond || late > 100*time.Millisecond {
 		t.Fatalf("gate closed %s after the deadline", late)
 	}
 	st := g.Status(time.Now())
@@ -482,10 +482,11 @@ func TestGateClosesWhenSyncerFrozen(t *testing.T) {
 	if lastDeadline.Before(limit) {
 		limit = lastDeadline
 	}
-	if late := closed.Sub(limit); late > 20*time.Millisecond {
+	// (MayRun computes the instant itself; the slack is only this test's polling)
+	if late := closed.Sub(limit); late > 100*time.Millisecond {
 		t.Fatalf("gate closed %s after min(silence, deadline)", late)
 	}
-	if late := closed.Sub(lastDeadline); late > 20*time.Millisecond {
+	if late := closed.Sub(lastDeadline); late > 100*time.Millisecond {
 		t.Fatalf("gate closed %s after the deadline", late)
 	}
 	if after > DefaultSilence+100*time.Millisecond {

@@ -1,0 +1,67 @@
+package lease_test
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/announce"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/lease"
+)
+
+// The syncer's election loop: campaign, announce master with the lease's deadline and move the
+// deadline with every renewal, announce the loss at once. (Replication is left out.)
+func Example() {
+	ctx := context.Background()
+	log := hclog.Default()
+	allocID, allocDir := "0b1c...", "/path/to/alloc"
+
+	client, err := api.NewClient(api.DefaultConfig()) // the local agent
+	if err != nil {
+		log.Error("consul", "error", err)
+		return
+	}
+	l, err := lease.NewConsul(ctx, lease.ConsulConfig{
+		Client: client, Namespace: "default", Job: "minecraft", Group: "server", ID: allocID, Logger: log,
+	})
+	if err != nil {
+		log.Error("election", "error", err) // e.g. ErrTTLRefused: says what to configure
+		return
+	}
+	defer func() { _ = l.Close(context.Background()) }() // graceful stop: hands over at once
+
+	ann, err := announce.Listen(ctx, announce.SocketPath(allocDir), announce.AnnouncerConfig{Logger: log})
+	if err != nil {
+		log.Error("announce", "error", err)
+		return
+	}
+	defer func() { _ = ann.Close() }()
+
+	self := func() lease.Info { // from the replica's state
+		return lease.Info{ID: allocID, Address: "10.0.0.7:7000", Position: lease.Position{Term: 3, Seq: 42}, CaughtUp: true}
+	}
+	for ctx.Err() == nil {
+		ann.Set(announce.State{Role: announce.RoleCandidate, Message: "waiting for the election"})
+		ls, err := lease.Campaign(ctx, l, self, log)
+		if err != nil {
+			return
+		}
+		ann.Set(announce.State{Role: announce.RoleMaster, Term: ls.Term(), Deadline: ls.Deadline(), CaughtUp: true,
+			Message: fmt.Sprintf("promoted to master at term %d", ls.Term())})
+	held:
+		for {
+			select {
+			case d, ok := <-ls.Renewed():
+				if !ok {
+					break held
+				}
+				ann.Update(func(s *announce.State) { s.Deadline = d })
+			case <-ls.Done():
+				break held
+			}
+		}
+		ann.Set(announce.State{Role: announce.RoleUnknown, Term: ls.Term(), Message: fmt.Sprintf("lost mastership: %v", ls.Err())})
+	}
+}

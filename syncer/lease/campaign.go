@@ -41,7 +41,14 @@ func Campaign(ctx context.Context, l Leaser, self func() Info, log hclog.Logger)
 		pubAt      time.Time
 		published  bool
 		lastReason string
+		lastErr    string // failures repeat every RetryEvery: log each kind once
 	)
+	warn := func(msg string, err error) {
+		if err.Error() != lastErr {
+			lastErr = err.Error()
+			log.Warn(msg, "error", err)
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -68,7 +75,7 @@ func Campaign(ctx context.Context, l Leaser, self func() Info, log hclog.Logger)
 				if errors.Is(err, ErrClosed) {
 					return nil, fmt.Errorf("lease: campaign: %w", err)
 				}
-				log.Warn("publishing candidacy failed", "error", err)
+				warn("publishing candidacy failed", err)
 			} else {
 				pub, pubAt, published = me, time.Now(), true
 			}
@@ -78,7 +85,7 @@ func Campaign(ctx context.Context, l Leaser, self func() Info, log hclog.Logger)
 		}
 		cands, err := l.Candidates(ctx)
 		if err != nil {
-			log.Warn("listing candidates failed", "error", err)
+			warn("listing candidates failed", err)
 			continue
 		}
 		d := Decide(me, h.Term > 0, cands, t)
@@ -100,7 +107,7 @@ func Campaign(ctx context.Context, l Leaser, self func() Info, log hclog.Logger)
 		case ctx.Err() != nil:
 			return nil, fmt.Errorf("lease: campaign: %w", ctx.Err())
 		default:
-			log.Warn("acquisition failed; retrying", "error", err)
+			warn("acquisition failed; retrying", err)
 		}
 	}
 }

@@ -51,6 +51,8 @@ type Consul struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	acquiring sync.Mutex // one Acquire at a time: two would both lock with the same session
+
 	mu        sync.Mutex
 	session   string
 	lastOK    time.Time // send time of the last successful renewal (or creation)
@@ -272,6 +274,8 @@ func (c *Consul) replaceSession(ctx context.Context, old string, cause error) {
 // guarded by the key's ModifyIndex so that the term written into the value (LockIndex+1) is
 // exactly the LockIndex Consul assigns; a concurrent change makes it retry a few times.
 func (c *Consul) Acquire(ctx context.Context, info Info) (Lease, error) {
+	c.acquiring.Lock()
+	defer c.acquiring.Unlock()
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()

@@ -42,6 +42,7 @@ func TestConsul(t *testing.T) {
 	t.Run("SerfHealthEndsSessionOfKilledAgent", env.serfHealth)
 	t.Run("CandidatesOrdering", env.candidatesOrdering)
 	t.Run("RenewalsKeepDeadlineAhead", env.renewals)
+	t.Run("OneMasterAtATime", env.oneMasterAtATime)
 }
 
 type env struct {

@@ -2,7 +2,10 @@ package syncer
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -32,6 +35,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	id := fs.String("id", "", "instance name in logs and metrics (default: hostname)")
 	rescan := fs.Duration("rescan", 30*time.Second, "master's safety-net full rescan interval")
 	level := fs.String("log-level", "info", "log level")
+	tlsCert := fs.String("tls-cert", "", "PEM certificate for mutual TLS (with -tls-key and -tls-ca)")
+	tlsKey := fs.String("tls-key", "", "PEM private key for mutual TLS")
+	tlsCA := fs.String("tls-ca", "", "PEM CA bundle that peers' certificates must chain to")
+	tlsName := fs.String("tls-server-name", "bedrock-sync", "name the master's certificate must carry")
 	statusEvery := fs.Duration("status-every", 0, "print the status as a JSON line on stdout this often (0: never)")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: nomad-driver-bedrock syncer -data DIR (-listen ADDR | -master ADDR) [-term N] [-secret-env NAME] [-metrics ADDR]")
@@ -57,11 +64,16 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "syncer: environment variable %s must hold the shared secret (at least 16 bytes)\n", *secretEnv)
 		return 2
 	}
+	tlsCfg, err := loadTLS(*tlsCert, *tlsKey, *tlsCA, *tlsName)
+	if err != nil {
+		fmt.Fprintf(stderr, "syncer: %v\n", err)
+		return 2
+	}
 	log := hclog.New(&hclog.LoggerOptions{Name: "syncer", Level: hclog.LevelFromString(*level), JSONFormat: true, Output: stderr})
 	role := Role{Master: *master == "", Term: *term, MasterAddr: *master}
 	s, err := New(Config{
 		DataDir: *data, ListenAddr: *listen, Secret: []byte(secret), ID: *id, Roles: StaticRole(role),
-		MetricsAddr: *metrics, RescanInterval: *rescan, Logger: log,
+		MetricsAddr: *metrics, RescanInterval: *rescan, Logger: log, TLS: tlsCfg,
 		OnProgress: func(p Progress) { log.Info("initial sync progress", "progress", p.String(), "done", p.Done) },
 	})
 	if err != nil {
@@ -88,4 +100,34 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// loadTLS builds a mutual-TLS config from PEM files; all empty means none.
+func loadTLS(certFile, keyFile, caFile, serverName string) (*tls.Config, error) {
+	if certFile == "" && keyFile == "" && caFile == "" {
+		return nil, nil
+	}
+	if certFile == "" || keyFile == "" || caFile == "" {
+		return nil, errors.New("mutual TLS needs all of -tls-cert, -tls-key and -tls-ca")
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("load TLS key pair: %w", err)
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("read TLS CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("no certificate in %s", caFile)
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		RootCAs:      pool,
+		ClientCAs:    pool,
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ServerName:   serverName,
+		MinVersion:   tls.VersionTLS13,
+	}, nil
 }

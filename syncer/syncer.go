@@ -8,6 +8,7 @@ package syncer
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -78,6 +79,11 @@ type Config struct {
 	Logger hclog.Logger
 	// OnProgress is told about initial sync progress, for task events.
 	OnProgress func(Progress)
+	// TLS, if set, wraps every replication connection in mutual TLS: the
+	// same config serves (Certificates, ClientCAs, ClientAuth) and dials
+	// (Certificates, RootCAs, ServerName). The secret handshake still runs
+	// inside; TLS adds confidentiality and per-record integrity on the wire.
+	TLS *tls.Config
 }
 
 // Status is a point-in-time view for the driver, the election and humans.
@@ -279,7 +285,7 @@ func (s *Syncer) runRole(ctx context.Context, r Role) {
 	c := replica.NewClone(replica.CloneConfig{
 		Root: s.root, MasterAddr: r.MasterAddr, Secret: s.cfg.Secret, ID: s.cfg.ID,
 		Logger: s.log.Named("clone"), Metrics: s.metrics, State: s.state, Owners: os.Geteuid() == 0,
-		OnProgress: s.cfg.OnProgress,
+		OnProgress: s.cfg.OnProgress, Dial: s.dialer(),
 	})
 	s.mu.Lock()
 	s.clone = c
@@ -289,6 +295,19 @@ func (s *Syncer) runRole(ctx context.Context, r Role) {
 		s.log.Error("clone stopped", "error", err)
 		s.setErr(err)
 		<-ctx.Done()
+	}
+}
+
+// dialer returns nil (plain TCP) or a mutual-TLS dialer.
+func (s *Syncer) dialer() func(ctx context.Context, addr string) (net.Conn, error) {
+	if s.cfg.TLS == nil {
+		return nil
+	}
+	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 3 * time.Second}, Config: s.cfg.TLS}
+	return func(ctx context.Context, addr string) (net.Conn, error) {
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		return d.DialContext(ctx, "tcp", addr)
 	}
 }
 
@@ -315,6 +334,9 @@ func (s *Syncer) runMaster(ctx context.Context, r Role) {
 		s.setErr(err)
 		<-ctx.Done()
 		return
+	}
+	if s.cfg.TLS != nil {
+		ln = tls.NewListener(ln, s.cfg.TLS)
 	}
 	m := replica.NewMaster(replica.MasterConfig{
 		Dir: s.cfg.DataDir, Root: s.root, Term: r.Term, Listener: ln, Secret: s.cfg.Secret,

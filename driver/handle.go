@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -77,6 +78,10 @@ type taskHandle struct {
 	containerID string
 	state       driverState
 	logger      *loggerProc
+
+	// killedByUs is set when the driver sends SIGKILL itself, so an exit
+	// with 137 is not mistaken for a possible OOM kill.
+	killedByUs atomic.Bool
 
 	mu          sync.Mutex
 	exited      chan struct{}
@@ -176,6 +181,24 @@ func (h *taskHandle) recordExit(ctx context.Context) {
 				break
 			}
 			time.Sleep(200 * time.Millisecond)
+		}
+		if err == nil && info.State != nil && info.State.ExitCode == 137 && !info.State.OOMKilled && !h.killedByUs.Load() {
+			// The engine may handle the kernel's OOM event after the exit
+			// event (seen with 20.10 under load): give it a moment to
+			// flag the container before reporting a plain SIGKILL.
+			for i := 0; i < 15 && ctx.Err() == nil; i++ {
+				time.Sleep(100 * time.Millisecond)
+				ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				again, ierr := cli.ContainerInspect(ictx, h.containerID)
+				cancel()
+				if ierr != nil || again.State == nil {
+					break
+				}
+				if again.State.OOMKilled {
+					info = again
+					break
+				}
+			}
 		}
 		if err == nil && info.State != nil {
 			res.ExitCode = info.State.ExitCode

@@ -210,10 +210,15 @@ func TestStatsEachIntervalAndStopOnCancel(t *testing.T) {
 		stamps = append(stamps, time.Now())
 		last = resp.GetStats().GetAggResourceUsage()
 	}
+	// Paced by the interval: never early; late only by what a loaded
+	// 2-core machine adds (the one-shot sample itself can take ~1s there).
 	for i := 2; i < len(stamps); i++ {
-		if gap := stamps[i].Sub(stamps[i-1]); gap < interval/2 || gap > 3*interval {
+		if gap := stamps[i].Sub(stamps[i-1]); gap < interval/2 {
 			t.Errorf("sample %d came %v after the previous, interval %v", i, gap, interval)
 		}
+	}
+	if total := stamps[len(stamps)-1].Sub(stamps[1]); total > time.Duration(len(stamps)-2)*interval+4*time.Second {
+		t.Errorf("%d intervals took %v", len(stamps)-2, total)
 	}
 	cpu, mem := last.GetCpu(), last.GetMemory()
 	if cpu.GetPercent() < 20 || cpu.GetTotalTicks() <= 0 {

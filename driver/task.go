@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"syscall"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -211,12 +212,16 @@ func (d *Driver) StopTask(ctx context.Context, taskID string, timeout time.Durat
 	if signal == "" {
 		signal = "SIGTERM"
 	}
-	if _, err := parseSignal(signal); err != nil {
+	sig, err := parseSignal(signal)
+	if err != nil {
 		return plugin.NewFatalError(err)
 	}
 	cli, err := d.client()
 	if err != nil {
 		return plugin.NewRecoverableError(err)
+	}
+	if sig == int(syscall.SIGKILL) {
+		h.killedByUs.Store(true)
 	}
 	if err := cli.ContainerKill(ctx, h.containerID, signal); err != nil && !isGoneOrStopped(err) {
 		return plugin.NewRecoverableError(fmt.Errorf("sending %s: %w", signal, err))
@@ -229,6 +234,7 @@ func (d *Driver) StopTask(ctx context.Context, taskID string, timeout time.Durat
 		return fmt.Errorf("stopping task: %w", ctx.Err())
 	}
 	d.emit(h, "Container did not stop within %s of %s; sending SIGKILL", timeout, signal)
+	h.killedByUs.Store(true)
 	if err := cli.ContainerKill(ctx, h.containerID, "SIGKILL"); err != nil && !isGoneOrStopped(err) {
 		return plugin.NewRecoverableError(fmt.Errorf("sending SIGKILL: %w", err))
 	}
@@ -262,6 +268,7 @@ func (d *Driver) DestroyTask(ctx context.Context, taskID string, force bool) err
 	if err != nil {
 		return plugin.NewRecoverableError(err)
 	}
+	h.killedByUs.Store(true)
 	if d.settings().gcContainer {
 		if err := cli.ContainerRemove(ctx, h.containerID, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !cerrdefs.IsNotFound(err) {
 			return plugin.NewRecoverableError(fmt.Errorf("removing container %s: %w", shortID(h.containerID), err))
@@ -307,12 +314,16 @@ func (d *Driver) SignalTask(ctx context.Context, taskID string, signal string) e
 	if err != nil {
 		return err
 	}
-	if _, err := parseSignal(signal); err != nil {
+	sig, err := parseSignal(signal)
+	if err != nil {
 		return plugin.NewFatalError(err)
 	}
 	cli, err := d.client()
 	if err != nil {
 		return plugin.NewRecoverableError(err)
+	}
+	if sig == int(syscall.SIGKILL) {
+		h.killedByUs.Store(true)
 	}
 	if err := cli.ContainerKill(ctx, h.containerID, signal); err != nil {
 		return fmt.Errorf("signalling task: %w", err)

@@ -106,7 +106,8 @@ type State struct {
 // state resent, so a receiver that lost anything is whole again at the next line.
 type message struct {
 	V          int       `json:"v"`
-	Seq        uint64    `json:"seq"`
+	Seq        uint64    `json:"seq"`           // per connection, +1 per line
+	Version    uint64    `json:"state_version"` // +1 per Set: what a gate's report refers to
 	SentAt     time.Time `json:"sent_at"`
 	Role       Role      `json:"role"`
 	Term       uint64    `json:"term"`
@@ -118,10 +119,19 @@ type message struct {
 	Message    string    `json:"message,omitempty"`
 }
 
+// report is a line from a gate to the announcer: whether the app runs, as of a state version.
+// It lets a syncer that stepped down know when the app has really stopped (to send its last
+// changes and release the lock at once) instead of waiting out its deadline.
+type report struct {
+	V          int    `json:"v"`
+	Version    uint64 `json:"state_version"`
+	AppRunning bool   `json:"app_running"`
+}
+
 // encode builds the line for s at now (now carries both clocks: wall for SentAt, monotonic
 // for the time left).
-func encode(s State, seq uint64, now time.Time) ([]byte, error) {
-	m := message{V: Version, Seq: seq, SentAt: now.Round(0), Role: s.Role, Term: s.Term, Position: s.Position,
+func encode(s State, seq, version uint64, now time.Time) ([]byte, error) {
+	m := message{V: Version, Seq: seq, Version: version, SentAt: now.Round(0), Role: s.Role, Term: s.Term, Position: s.Position,
 		CaughtUp: s.CaughtUp, MasterAddr: s.MasterAddr, Progress: s.Progress, Message: s.Message}
 	if m.Role == "" {
 		m.Role = RoleUnknown
@@ -138,20 +148,27 @@ func encode(s State, seq uint64, now time.Time) ([]byte, error) {
 	return append(b, '\n'), nil
 }
 
+// decoded is a received state line.
+type decoded struct {
+	state   State
+	seq     uint64
+	version uint64
+}
+
 // decode parses one line received at recv and converts its deadline to recv's clock.
-func decode(line []byte, recv time.Time) (State, uint64, error) {
+func decode(line []byte, recv time.Time) (decoded, error) {
 	var m message
 	if err := json.Unmarshal(line, &m); err != nil {
-		return State{}, 0, fmt.Errorf("announce: malformed message: %w", err)
+		return decoded{}, fmt.Errorf("announce: malformed message: %w", err)
 	}
 	if m.V != Version {
-		return State{}, 0, fmt.Errorf("announce: protocol version %d, want %d", m.V, Version)
+		return decoded{}, fmt.Errorf("announce: protocol version %d, want %d", m.V, Version)
 	}
 	if !m.Role.Valid() {
-		return State{}, 0, fmt.Errorf("announce: unknown role %q", m.Role)
+		return decoded{}, fmt.Errorf("announce: unknown role %q", m.Role)
 	}
 	if m.DeadlineIn < 0 {
-		return State{}, 0, errors.New("announce: negative deadline")
+		return decoded{}, errors.New("announce: negative deadline")
 	}
 	s := State{Role: m.Role, Term: m.Term, Position: m.Position, CaughtUp: m.CaughtUp,
 		MasterAddr: m.MasterAddr, Progress: m.Progress, Message: m.Message}
@@ -165,5 +182,5 @@ func decode(line []byte, recv time.Time) (State, uint64, error) {
 		}
 		s.Deadline = recv.Add(left)
 	}
-	return s, m.Seq, nil
+	return decoded{state: s, seq: m.Seq, version: m.Version}, nil
 }

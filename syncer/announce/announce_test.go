@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -58,7 +59,7 @@ func TestEncodeDecode(t *testing.T) {
 	s := State{Role: RoleMaster, Term: 3, Position: Position{Term: 3, Seq: 9}, CaughtUp: true,
 		Deadline: now.Add(1400 * time.Millisecond), MasterAddr: "10.0.0.1:7000",
 		Progress: &Progress{FilesTotal: 2, FilesDone: 1, BytesTotal: 10, BytesDone: 5}, Message: "hi"}
-	line, err := encode(s, 5, now)
+	line, err := encode(s, 5, 8, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,11 +68,12 @@ func TestEncodeDecode(t *testing.T) {
 	}
 	// received 100ms later by wall clock: the deadline loses the 100ms spent in transit
 	recv := now.Add(100 * time.Millisecond)
-	got, seq, err := decode(line[:len(line)-1], recv)
+	d, err := decode(line[:len(line)-1], recv)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if seq != 5 || got.Role != RoleMaster || got.Term != 3 || got.Position != s.Position || !got.CaughtUp ||
+	got := d.state
+	if d.seq != 5 || d.version != 8 || got.Role != RoleMaster || got.Term != 3 || got.Position != s.Position || !got.CaughtUp ||
 		got.MasterAddr != s.MasterAddr || *got.Progress != *s.Progress || got.Message != "hi" {
 		t.Fatalf("round trip: %+v", got)
 	}
@@ -81,19 +83,21 @@ func TestEncodeDecode(t *testing.T) {
 	// a wall clock that stepped back (negative transit) never extends the deadline past
 	// time-left from receipt
 	back := now.Add(-time.Hour)
-	got, _, _ = decode(line[:len(line)-1], back)
+	d, _ = decode(line[:len(line)-1], back)
+	got = d.state
 	if d := got.Deadline.Sub(back); d != 1400*time.Millisecond {
 		t.Fatalf("deadline after a backward step: %s left, want 1.4s", d)
 	}
 	// past deadline stays "master, expired", not "no deadline"
-	line, _ = encode(State{Role: RoleMaster, Deadline: now.Add(-time.Second)}, 1, now)
-	got, _, _ = decode(line, now)
+	line, _ = encode(State{Role: RoleMaster, Deadline: now.Add(-time.Second)}, 1, 1, now)
+	d, _ = decode(line, now)
+	got = d.state
 	if got.Deadline.IsZero() || !got.Deadline.Equal(now) {
 		t.Fatalf("expired deadline decoded as %v", got.Deadline)
 	}
 	// no deadline for clones
-	line, _ = encode(State{Role: RoleClone}, 1, now)
-	if got, _, _ = decode(line, now); !got.Deadline.IsZero() {
+	line, _ = encode(State{Role: RoleClone}, 1, 1, now)
+	if d, _ = decode(line, now); !d.state.Deadline.IsZero() {
 		t.Fatal("clone got a deadline")
 	}
 }
@@ -105,7 +109,7 @@ func TestDecodeRejects(t *testing.T) {
 		"role":     `{"v":1,"role":"king"}`,
 		"negative": `{"v":1,"role":"master","deadline_in_ns":-5}`,
 	} {
-		if _, _, err := decode([]byte(line), time.Now()); err == nil {
+		if _, err := decode([]byte(line), time.Now()); err == nil {
 			t.Errorf("%s accepted", name)
 		}
 	}
@@ -514,5 +518,110 @@ func TestGateClosesWhenSyncerFrozen(t *testing.T) {
 	t.Logf("syncer killed: gate closed after %s", time.Since(start).Round(time.Millisecond))
 	if st := g.Status(time.Now()); st.Connected {
 		t.Fatalf("still connected to a dead syncer: %+v", st)
+	}
+}
+
+// A syncer stepping down learns from the driver's report that the app has stopped, so it can
+// hand over at once instead of waiting out its deadline.
+func TestWaitAppStopped(t *testing.T) {
+	path := sockPath(t)
+	a, err := Listen(context.Background(), path, AnnouncerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = a.Close() }()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.WaitAppStopped(ctx); !errors.Is(err, ErrNoGate) {
+		t.Fatalf("no gate: %v", err)
+	}
+	// a gate that does not report is an observer: still nobody to confirm
+	observer := startGate(t, path, GateConfig{})
+	waitFor(t, 2*time.Second, func() bool { return !observer.Status(time.Now()).ReceivedAt.IsZero() })
+	if err := a.WaitAppStopped(ctx); !errors.Is(err, ErrNoGate) {
+		t.Fatalf("observer only: %v", err)
+	}
+
+	gctx, gcancel := context.WithCancel(context.Background())
+	defer gcancel()
+	g := Follow(gctx, path, GateConfig{})
+	a.Set(State{Role: RoleMaster, Term: 3, Deadline: time.Now().Add(time.Hour)})
+	waitGate(t, g, true, 2*time.Second)
+	g.Report(true)
+	waitFor(t, 2*time.Second, func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return len(a.reports) == 1
+	})
+
+	// step down: the wait ends when the driver reports the app stopped
+	a.Set(State{Role: RoleClone, Term: 4})
+	short, scancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	if err := a.WaitAppStopped(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("app still running: %v", err)
+	}
+	scancel()
+	waitGate(t, g, false, time.Second)
+	stopAt := time.Now()
+	go func() {
+		time.Sleep(50 * time.Millisecond) // the driver stopping the container
+		g.Report(false)
+	}()
+	if err := a.WaitAppStopped(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("step-down confirmed %s after the gate closed (50ms of it the simulated stop)", time.Since(stopAt).Round(time.Millisecond))
+
+	// a report made before the current state counts once the gate has seen the new state
+	a.Set(State{Role: RoleCandidate, Term: 4})
+	if err := a.WaitAppStopped(ctx); err != nil {
+		t.Fatalf("not running since before the change: %v", err)
+	}
+
+	// the reporting gate goes away during a wait: nobody can confirm any more
+	a.Set(State{Role: RoleMaster, Term: 5, Deadline: time.Now().Add(time.Hour)})
+	g.Report(true)
+	waitFor(t, 2*time.Second, func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		for _, r := range a.reports {
+			return r.AppRunning && r.Version == a.version
+		}
+		return false
+	})
+	a.Set(State{Role: RoleClone, Term: 6})
+	go func() { time.Sleep(100 * time.Millisecond); gcancel() }()
+	if err := a.WaitAppStopped(ctx); !errors.Is(err, ErrNoGate) {
+		t.Fatalf("gate gone: %v", err)
+	}
+}
+
+func TestAnnouncerDropsBadReports(t *testing.T) {
+	path := sockPath(t)
+	a, err := Listen(context.Background(), path, AnnouncerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = a.Close() }()
+	for name, line := range map[string]string{
+		"garbage": "nope\n",
+		"future":  `{"v":1,"state_version":999,"app_running":false}` + "\n",
+	} {
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write([]byte(line)); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		_, err = io.Copy(io.Discard, c) // the announcer hangs up
+		_ = c.Close()
+		if err != nil {
+			t.Fatalf("%s: connection not dropped: %v", name, err)
+		}
+	}
+	if err := a.WaitAppStopped(context.Background()); !errors.Is(err, ErrNoGate) {
+		t.Fatalf("a bad report counted: %v", err)
 	}
 }

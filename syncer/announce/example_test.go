@@ -15,6 +15,7 @@ func ExampleFollow() {
 	start := func() {}
 	stop := func(reason string) {}
 	running := false
+	g.Report(false) // lets a syncer stepping down hand over without waiting out its deadline
 	for {
 		select {
 		case <-ctx.Done():
@@ -24,9 +25,11 @@ func ExampleFollow() {
 			case st.Open && !running && g.MayRun(time.Now()):
 				start()
 				running = true
+				g.Report(true)
 			case !st.Open && running:
 				stop(st.Reason) // SIGTERM, SIGKILL within the lease's stop budget
 				running = false
+				g.Report(false)
 			}
 		}
 	}

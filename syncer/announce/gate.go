@@ -3,8 +3,10 @@ package announce
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -67,6 +69,12 @@ type Gate struct {
 	updates   chan Status
 	lastOpen  bool
 	lastState State
+
+	version  uint64        // state version of the last line
+	running  *bool         // what Report said (nil: this gate does not report)
+	kick     chan struct{} // Report wakes Run to send
+	sent     report        // last report sent on the current connection
+	sentConn bool          // whether sent was sent on the current connection
 }
 
 // NewGate returns a Gate for the socket at path; Run makes it follow the syncer.
@@ -82,7 +90,7 @@ func NewGate(path string, cfg GateConfig) *Gate {
 		log = hclog.NewNullLogger()
 	}
 	return &Gate{path: path, cfg: cfg, log: log.Named("gate"), state: State{Role: RoleUnknown},
-		updates: make(chan Status, 1)}
+		updates: make(chan Status, 1), kick: make(chan struct{}, 1)}
 }
 
 // MayRun tells whether the app may run at now: the last line, received less than Silence
@@ -118,6 +126,43 @@ func (g *Gate) statusLocked(now time.Time) Status {
 		st.Reason = fmt.Sprintf("master at term %d", g.state.Term)
 	}
 	return st
+}
+
+// Report tells the syncer whether the app is running (call it after every start and stop,
+// and once at the beginning). The syncer uses it to hand over at once after a step-down
+// instead of waiting out its deadline (Announcer.WaitAppStopped). The report is resent on
+// every new state and every reconnection while Run runs.
+func (g *Gate) Report(running bool) {
+	g.mu.Lock()
+	g.running = &running
+	g.mu.Unlock()
+	select {
+	case g.kick <- struct{}{}:
+	default:
+	}
+}
+
+// sendReport writes the current report on c when it differs from the last one sent there.
+// Errors are left to the reader, which sees the connection fail.
+func (g *Gate) sendReport(c *net.UnixConn) {
+	g.mu.Lock()
+	if g.running == nil || c == nil || g.version == 0 {
+		g.mu.Unlock()
+		return
+	}
+	r := report{V: Version, Version: g.version, AppRunning: *g.running}
+	if g.sentConn && g.sent == r {
+		g.mu.Unlock()
+		return
+	}
+	g.sent, g.sentConn = r, true
+	g.mu.Unlock()
+	b, err := json.Marshal(r)
+	if err != nil {
+		return
+	}
+	_ = c.SetWriteDeadline(time.Now().Add(g.cfg.Silence))
+	_, _ = c.Write(append(b, '\n'))
 }
 
 // Updates delivers the status whenever the gate opens or closes or the announced state
@@ -164,6 +209,7 @@ func (g *Gate) Run(ctx context.Context) error {
 	stopConn := func() {}
 	defer func() { stopConn() }()
 	connected := false
+	var conn *net.UnixConn
 	retry := time.NewTimer(0)
 	defer retry.Stop()
 
@@ -205,11 +251,15 @@ func (g *Gate) Run(ctx context.Context) error {
 			connected = true
 			cctx, cancel := context.WithCancel(ctx)
 			stopConn = cancel
+			conn = c
 			g.mu.Lock()
-			g.connected, g.recvAt, g.lastSeq = true, time.Time{}, 0
+			// versions belong to one announcer: report nothing before this one's first line
+			g.connected, g.recvAt, g.lastSeq, g.sentConn, g.version = true, time.Time{}, 0, false, 0
 			g.mu.Unlock()
 			go g.read(cctx, c, lines)
 			rearm(time.Now())
+		case <-g.kick:
+			g.sendReport(conn)
 		case l := <-lines:
 			now := time.Now()
 			if l.err != nil {
@@ -217,7 +267,7 @@ func (g *Gate) Run(ctx context.Context) error {
 					g.log.Debug("connection to the syncer ended", "error", l.err)
 				}
 				stopConn()
-				connected = false
+				connected, conn = false, nil
 				g.mu.Lock()
 				g.connected = false
 				g.mu.Unlock()
@@ -227,10 +277,11 @@ func (g *Gate) Run(ctx context.Context) error {
 			}
 			g.mu.Lock()
 			if l.seq > g.lastSeq {
-				g.state, g.recvAt, g.lastSeq = l.state, l.at, l.seq
+				g.state, g.recvAt, g.lastSeq, g.version = l.state, l.at, l.seq, l.version
 			}
 			g.mu.Unlock()
 			rearm(now)
+			g.sendReport(conn) // acknowledges a new state version
 		case <-timer.C:
 			rearm(time.Now())
 		}
@@ -238,10 +289,11 @@ func (g *Gate) Run(ctx context.Context) error {
 }
 
 type lineOrErr struct {
-	state State
-	seq   uint64
-	at    time.Time
-	err   error
+	state   State
+	seq     uint64
+	version uint64
+	at      time.Time
+	err     error
 }
 
 // read parses lines from one connection until it fails, then reports the error and closes it.
@@ -276,12 +328,12 @@ func (g *Gate) read(ctx context.Context, c interface {
 			return
 		}
 		now := time.Now()
-		st, seq, err := decode(sc.Bytes(), now)
+		d, err := decode(sc.Bytes(), now)
 		if err != nil {
 			send(lineOrErr{err: err})
 			return
 		}
-		if !send(lineOrErr{state: st, seq: seq, at: now}) {
+		if !send(lineOrErr{state: d.state, seq: d.seq, version: d.version, at: now}) {
 			return
 		}
 	}

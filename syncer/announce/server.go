@@ -1,10 +1,11 @@
 package announce
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"sync"
@@ -44,10 +45,18 @@ type Announcer struct {
 
 	mu      sync.Mutex
 	state   State
+	version uint64        // +1 per Set
 	changed chan struct{} // closed and replaced on every Set
 	clients int
 	closed  bool
+	nextID  uint64
+	reports map[uint64]report // per connection: the gate's last report (reporting gates only)
+	repCh   chan struct{}     // closed and replaced on every report change
 }
+
+// ErrNoGate means no connected gate reports on the app: nobody can confirm it stopped, so the
+// caller must wait out its deadline (plus the stop budget) instead.
+var ErrNoGate = errors.New("no gate reports on the app")
 
 // Listen creates the socket at path (replacing a stale one) and serves until ctx ends or
 // Close. The initial state is RoleUnknown.
@@ -71,7 +80,8 @@ func Listen(ctx context.Context, path string, cfg AnnouncerConfig) (*Announcer, 
 	}
 	actx, cancel := context.WithCancel(ctx)
 	a := &Announcer{path: path, cfg: cfg, log: log.Named("announce"), l: l, ctx: actx, cancel: cancel,
-		state: State{Role: RoleUnknown}, changed: make(chan struct{})}
+		state: State{Role: RoleUnknown}, version: 1, changed: make(chan struct{}),
+		reports: map[uint64]report{}, repCh: make(chan struct{})}
 	a.wg.Add(2)
 	go a.accept(actx)
 	go func() {
@@ -98,6 +108,7 @@ func (a *Announcer) Set(s State) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.state = s
+	a.version++
 	close(a.changed)
 	a.changed = make(chan struct{})
 }
@@ -116,6 +127,53 @@ func (a *Announcer) State() State {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.state
+}
+
+// WaitAppStopped waits until every gate that reports on the app has reported it not running
+// after seeing the current state, e.g. after Set announced a step-down: then the syncer can
+// ship its last changes and release the lock without waiting out its deadline. It returns
+// ErrNoGate at once when no connected gate reports (a driver that is not connected cannot
+// confirm anything: wait out the deadline instead), and ctx's error when it ends first.
+func (a *Announcer) WaitAppStopped(ctx context.Context) error {
+	a.mu.Lock()
+	v0 := a.version
+	a.mu.Unlock()
+	for {
+		a.mu.Lock()
+		reporting, stopped := len(a.reports), 0
+		for _, r := range a.reports {
+			if r.Version >= v0 && !r.AppRunning {
+				stopped++
+			}
+		}
+		ch := a.repCh
+		a.mu.Unlock()
+		if reporting == 0 {
+			return ErrNoGate
+		}
+		if stopped == reporting {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("announce: waiting for the app to stop: %w", ctx.Err())
+		case <-ch:
+		}
+	}
+}
+
+// setReport records (ok) or forgets (!ok) connection id's report. Called with a.mu held.
+func (a *Announcer) setReportLocked(id uint64, r report, ok bool) {
+	if ok {
+		a.reports[id] = r
+	} else {
+		if _, had := a.reports[id]; !had {
+			return
+		}
+		delete(a.reports, id)
+	}
+	close(a.repCh)
+	a.repCh = make(chan struct{})
 }
 
 // Close stops serving, disconnects every client and removes the socket. Gates see the
@@ -165,27 +223,32 @@ func (a *Announcer) accept(ctx context.Context) {
 			continue
 		}
 		a.clients++
+		a.nextID++
+		id := a.nextID
 		a.wg.Add(1)
 		a.mu.Unlock()
-		go a.serve(ctx, c)
+		go a.serve(ctx, c, id)
 	}
 }
 
 // serve writes the state to one client until it goes away or the announcer closes.
-func (a *Announcer) serve(ctx context.Context, c *net.UnixConn) {
+func (a *Announcer) serve(ctx context.Context, c *net.UnixConn, id uint64) {
 	defer a.wg.Done()
 	defer func() {
 		a.mu.Lock()
 		a.clients--
+		a.setReportLocked(id, report{}, false)
 		a.mu.Unlock()
 	}()
 	defer func() { _ = c.Close() }()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	// Gates send nothing; reading only notices them hanging up.
+	// Gates send reports (or nothing); reading also notices them hanging up.
+	a.wg.Add(1)
 	go func() {
-		_, _ = io.Copy(io.Discard, io.LimitReader(c, MaxLine))
-		cancel()
+		defer a.wg.Done()
+		defer cancel()
+		a.readReports(c, id)
 	}()
 	stop := context.AfterFunc(ctx, func() { _ = c.Close() })
 	defer stop()
@@ -195,11 +258,11 @@ func (a *Announcer) serve(ctx context.Context, c *net.UnixConn) {
 	var seq uint64
 	for {
 		a.mu.Lock()
-		s, changed := a.state, a.changed
+		s, version, changed := a.state, a.version, a.changed
 		a.mu.Unlock()
 		seq++
 		now := time.Now()
-		line, err := encode(s, seq, now)
+		line, err := encode(s, seq, version, now)
 		if err != nil {
 			a.log.Error("cannot encode the state", "error", err)
 			return
@@ -219,5 +282,26 @@ func (a *Announcer) serve(ctx context.Context, c *net.UnixConn) {
 		case <-changed:
 		case <-tick.C:
 		}
+	}
+}
+
+// readReports reads a gate's report lines until the connection ends or misbehaves.
+func (a *Announcer) readReports(c *net.UnixConn, id uint64) {
+	sc := bufio.NewScanner(c)
+	sc.Buffer(make([]byte, 1024), MaxLine)
+	for sc.Scan() {
+		var r report
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil || r.V != Version {
+			a.log.Warn("dropping a gate that sent a malformed report", "error", err, "version", r.V)
+			return
+		}
+		a.mu.Lock()
+		if r.Version > a.version {
+			a.mu.Unlock()
+			a.log.Warn("dropping a gate that reported on a future state", "version", r.Version)
+			return
+		}
+		a.setReportLocked(id, r, true)
+		a.mu.Unlock()
 	}
 }

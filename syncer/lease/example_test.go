@@ -30,7 +30,6 @@ func Example() {
 		log.Error("election", "error", err) // e.g. ErrTTLRefused: says what to configure
 		return
 	}
-	defer func() { _ = l.Close(context.Background()) }() // graceful stop: hands over at once
 
 	ann, err := announce.Listen(ctx, announce.SocketPath(allocDir), announce.AnnouncerConfig{Logger: log})
 	if err != nil {
@@ -38,6 +37,22 @@ func Example() {
 		return
 	}
 	defer func() { _ = ann.Close() }()
+
+	// Graceful stop: announce the step-down, let the driver stop the app (its report says
+	// when; without a reporting driver, wait out the deadline plus the stop budget), ship the
+	// last changes, then Close: it releases without lock-delay and a clone takes over at once.
+	var current lease.Lease
+	defer func() {
+		ann.Set(announce.State{Role: announce.RoleUnknown, Message: "stopping"})
+		if current != nil && current.Err() == nil {
+			wctx, cancel := context.WithDeadline(context.Background(), current.Deadline().Add(l.Timing().StopBudget))
+			if err := ann.WaitAppStopped(wctx); err != nil {
+				<-wctx.Done() // no driver confirmed: the deadline plus the stop budget fences it
+			}
+			cancel()
+		}
+		_ = l.Close(context.Background())
+	}()
 
 	self := func() lease.Info { // from the replica's state
 		return lease.Info{ID: allocID, Address: "10.0.0.7:7000", Position: lease.Position{Term: 3, Seq: 42}, CaughtUp: true}
@@ -48,6 +63,7 @@ func Example() {
 		if err != nil {
 			return
 		}
+		current = ls
 		ann.Set(announce.State{Role: announce.RoleMaster, Term: ls.Term(), Deadline: ls.Deadline(), CaughtUp: true,
 			Message: fmt.Sprintf("promoted to master at term %d", ls.Term())})
 	held:

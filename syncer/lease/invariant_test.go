@@ -5,21 +5,28 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/announce"
 )
 
-// node is one instance's election side wired to its announcer, as the syncer will be: it
-// campaigns, announces master with the lease's deadline, moves the deadline on renewals and
-// announces the loss. Its gate is what the driver would follow.
+// appStopDelay is how long the simulated driver takes to kill the app after its gate closes
+// (within the stop budget).
+const appStopDelay = 100 * time.Millisecond
+
+// node is one instance wired as the syncer and the driver will be: the election side
+// campaigns and announces master with the lease's deadline (moving it on renewals, announcing
+// the loss), and a simulated driver follows the gate, "runs" the app while it is open, kills it
+// appStopDelay after it closes and reports.
 type node struct {
-	l    *Consul
-	ann  *announce.Announcer
-	gate *announce.Gate
-	mu   sync.Mutex
-	ls   Lease
+	l       *Consul
+	ann     *announce.Announcer
+	gate    *announce.Gate
+	running atomic.Bool // the simulated app
+	mu      sync.Mutex
+	ls      Lease
 }
 
 func startNode(ctx context.Context, t *testing.T, l *Consul, self Info) *node {
@@ -35,24 +42,65 @@ func startNode(ctx context.Context, t *testing.T, l *Consul, self Info) *node {
 	}
 	t.Cleanup(func() { _ = ann.Close() })
 	n := &node{l: l, ann: ann, gate: announce.Follow(ctx, sock, announce.GateConfig{Retry: 20 * time.Millisecond})}
-	go func() {
-		for ctx.Err() == nil {
-			ann.Set(announce.State{Role: announce.RoleCandidate})
-			ls, err := Campaign(ctx, l, func() Info { return self }, nil)
-			if err != nil {
-				return
-			}
-			n.mu.Lock()
-			n.ls = ls
-			n.mu.Unlock()
-			ann.Set(announce.State{Role: announce.RoleMaster, Term: ls.Term(), Deadline: ls.Deadline()})
-			for d := range ls.Renewed() {
-				ann.Update(func(s *announce.State) { s.Deadline = d })
-			}
-			ann.Set(announce.State{Role: announce.RoleUnknown, Term: ls.Term()})
-		}
-	}()
+	go n.elect(ctx, self)
+	go n.drive(ctx)
 	return n
+}
+
+func (n *node) elect(ctx context.Context, self Info) {
+	for ctx.Err() == nil {
+		n.ann.Set(announce.State{Role: announce.RoleCandidate})
+		ls, err := Campaign(ctx, n.l, func() Info { return self }, nil)
+		if err != nil {
+			return
+		}
+		n.mu.Lock()
+		n.ls = ls
+		n.mu.Unlock()
+		n.ann.Set(announce.State{Role: announce.RoleMaster, Term: ls.Term(), Deadline: ls.Deadline()})
+		for d := range ls.Renewed() {
+			n.ann.Update(func(s *announce.State) {
+				if s.Role == announce.RoleMaster {
+					s.Deadline = d
+				}
+			})
+		}
+		n.ann.Set(announce.State{Role: announce.RoleUnknown, Term: ls.Term()})
+	}
+}
+
+func (n *node) drive(ctx context.Context) {
+	n.gate.Report(false)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case st := <-n.gate.Updates():
+			switch {
+			case st.Open && !n.running.Load() && n.gate.MayRun(time.Now()):
+				n.running.Store(true)
+				n.gate.Report(true)
+			case !st.Open && n.running.Load():
+				time.Sleep(appStopDelay)
+				n.running.Store(false)
+				n.gate.Report(false)
+			}
+		}
+	}
+}
+
+// stepDown is the syncer's graceful stop: announce it, wait for the driver to confirm the app
+// stopped (bounded by the deadline plus the stop budget), then Close (release, no lock-delay).
+func (n *node) stepDown(ctx context.Context) error {
+	n.ann.Set(announce.State{Role: announce.RoleUnknown, Message: "stopping"})
+	if ls := n.lease(); ls != nil && ls.Err() == nil {
+		wctx, cancel := context.WithDeadline(ctx, ls.Deadline().Add(n.l.Timing().StopBudget))
+		if err := n.ann.WaitAppStopped(wctx); err != nil {
+			<-wctx.Done()
+		}
+		cancel()
+	}
+	return n.l.Close(ctx)
 }
 
 func (n *node) lease() Lease {
@@ -61,20 +109,18 @@ func (n *node) lease() Lease {
 	return n.ls
 }
 
-// overlapSampler polls both gates every millisecond: it records any instant both are open,
-// when a's gate was last seen open and when b's was first seen open.
+// overlapSampler polls both apps every millisecond: it counts instants both run and records
+// when a's app was last seen running and when b's was first seen running.
 type overlapSampler struct {
-	mu           sync.Mutex
-	overlaps     int
-	aLastOpen    time.Time
-	bFirstOpen   time.Time
-	stop         chan struct{}
-	done         chan struct{}
-	aGate, bGate *announce.Gate
+	mu         sync.Mutex
+	overlaps   int
+	aLast      time.Time
+	bFirst     time.Time
+	stop, done chan struct{}
 }
 
-func sample(a, b *announce.Gate) *overlapSampler {
-	s := &overlapSampler{aGate: a, bGate: b, stop: make(chan struct{}), done: make(chan struct{})}
+func sample(a, b *node) *overlapSampler {
+	s := &overlapSampler{stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
 		for {
@@ -84,16 +130,16 @@ func sample(a, b *announce.Gate) *overlapSampler {
 			case <-time.After(time.Millisecond):
 			}
 			now := time.Now()
-			ao, bo := a.MayRun(now), b.MayRun(now)
+			ar, br := a.running.Load(), b.running.Load()
 			s.mu.Lock()
-			if ao && bo {
+			if ar && br {
 				s.overlaps++
 			}
-			if ao {
-				s.aLastOpen = now
+			if ar {
+				s.aLast = now
 			}
-			if bo && s.bFirstOpen.IsZero() {
-				s.bFirstOpen = now
+			if br && s.bFirst.IsZero() {
+				s.bFirst = now
 			}
 			s.mu.Unlock()
 		}
@@ -104,14 +150,17 @@ func sample(a, b *announce.Gate) *overlapSampler {
 func (s *overlapSampler) finish() (overlaps int, aLast, bFirst time.Time) {
 	close(s.stop)
 	<-s.done
-	return s.overlaps, s.aLastOpen, s.bFirstOpen
+	return s.overlaps, s.aLast, s.bFirst
 }
 
-// One master at a time, end to end through the announcement gates: the master's syncer loses
-// all contact (it stops renewing and watching, but its announcer keeps heartbeating the last
-// deadline, the worst case for the driver) and its session is invalidated right after a
-// renewal. The other instance's gate must open only after the old one's gate closed, with
-// at least the stop budget in between; a graceful stop hands over in milliseconds.
+// One master at a time, end to end through the announcements and a simulated driver.
+//
+//   - invalidated: the master's syncer loses all contact (no more renewals nor watching, while
+//     its announcer keeps heartbeating the last deadline: the worst case for the driver) and
+//     its session is invalidated right after a renewal. Only the deadline fences it: the other
+//     app may start only after the old one died, with lock-delay to spare.
+//   - graceful: the master steps down (announce, driver confirms the app stopped, release):
+//     the other app starts within the stop time plus a few milliseconds.
 func (e *env) oneMasterAtATime(t *testing.T) {
 	t.Parallel()
 	tm := DefaultTiming()
@@ -123,64 +172,52 @@ func (e *env) oneMasterAtATime(t *testing.T) {
 		a := e.leaser(t, 0, g, "a", tm)
 		b := e.leaser(t, 1, g, "b", tm)
 		na := startNode(ctx, t, a, info("a", 100))
-		waitFor(t, 10*time.Second, func() bool { return na.gate.MayRun(time.Now()) })
+		waitFor(t, 10*time.Second, func() bool { return na.running.Load() })
 		nb := startNode(ctx, t, b, info("b", 90))
 		waitFor(t, 5*time.Second, func() bool {
 			return nb.gate.Status(time.Now()).State.Role == announce.RoleCandidate
 		})
-		s := sample(na.gate, nb.gate)
+		s := sample(na, nb)
 		time.Sleep(300 * time.Millisecond)
 
 		var cut time.Time
 		switch scenario {
 		case "invalidated":
 			la := na.lease()
-			select { // right after a renewal, the tightest moment
-			case <-time.After(2 * time.Second):
-			case <-waitRenewed(la):
-			}
-			crash(a) // no more renewals nor watching: only the deadline fences it
+			d0 := la.Deadline()
+			waitFor(t, 2*time.Second, func() bool { return la.Deadline().After(d0) }) // just renewed
+			crash(a)
 			cut = time.Now()
 			if _, err := e.c.Client().Session().Destroy(a.Session(), nil); err != nil {
 				t.Fatal(err)
 			}
 		case "graceful":
 			cut = time.Now()
-			if err := a.Close(ctx); err != nil {
+			if err := na.stepDown(ctx); err != nil {
 				t.Fatal(err)
 			}
 		}
-		waitFor(t, 15*time.Second, func() bool { return nb.gate.MayRun(time.Now()) })
+		waitFor(t, 15*time.Second, func() bool { return nb.running.Load() })
 		overlaps, aLast, bFirst := s.finish()
-		t.Logf("%s: old master's gate last open %s after the cut, new master's first open %s after the cut (gap %s, term %d → %d)",
+		t.Logf("%s: old app last seen running %s after the cut, new app running %s after the cut (gap %s, term %d → %d)",
 			scenario, aLast.Sub(cut).Round(time.Millisecond), bFirst.Sub(cut).Round(time.Millisecond),
 			bFirst.Sub(aLast).Round(time.Millisecond), na.lease().Term(), nb.lease().Term())
 		if overlaps > 0 {
-			t.Fatalf("%s: both gates open at %d sampled instants", scenario, overlaps)
+			t.Fatalf("%s: both apps running at %d sampled instants", scenario, overlaps)
 		}
-		if scenario == "invalidated" && bFirst.Sub(aLast) < tm.StopBudget {
-			t.Fatalf("%s: new master open %s after the old one closed, want ≥ stop budget %s",
-				scenario, bFirst.Sub(aLast), tm.StopBudget)
+		if !bFirst.After(aLast) {
+			t.Fatalf("%s: new app started before the old one was last seen running", scenario)
 		}
-		if scenario == "graceful" && bFirst.Sub(cut) > time.Second {
-			t.Fatalf("graceful handover took %s", bFirst.Sub(cut))
+		switch scenario {
+		case "invalidated":
+			if gap := bFirst.Sub(aLast); gap < tm.StopBudget-appStopDelay {
+				t.Fatalf("new app started %s after the old one died; the unused stop budget (%s) should be spare",
+					gap, tm.StopBudget-appStopDelay)
+			}
+		case "graceful":
+			if took := bFirst.Sub(cut); took > appStopDelay+time.Second {
+				t.Fatalf("graceful handover took %s", took)
+			}
 		}
 	}
-}
-
-// waitRenewed returns a channel closed at the lease's next renewal (the Renewed channel may
-// hold an older one: drain it first).
-func waitRenewed(l Lease) <-chan struct{} {
-	ch := make(chan struct{})
-	go func() {
-		defer close(ch)
-		d0 := l.Deadline()
-		for time.Since(d0.Add(-time.Hour)) > 0 {
-			if l.Deadline().After(d0) || l.Err() != nil {
-				return
-			}
-			time.Sleep(time.Millisecond)
-		}
-	}()
-	return ch
 }

@@ -352,3 +352,20 @@ func TestTaskEventsOnPullFailure(t *testing.T) {
 		t.Fatal("no pull event")
 	}
 }
+
+// Unreadable driver_state: the container is found by its task id label.
+func TestRecoverByLabel(t *testing.T) {
+	c := startAgent(t, "")
+	task := start(t, c, harness.TaskSpec{Config: appConfig(sleepArgs)})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.CrashPlugin(ctx); err != nil {
+		t.Fatal(err)
+	}
+	task.Handle.DriverState = []byte("not json")
+	if err := c.RecoverTask(ctx, task); err != nil {
+		t.Fatalf("recover by label: %v", err)
+	}
+	if out, code := execIn(t, c, task, "echo", "found"); code != 0 || !strings.Contains(out, "found") {
+		t.Errorf("exec: %d %q", code, out)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,13 +31,19 @@ func (d *Driver) RecoverTask(ctx context.Context, handle *plugin.TaskHandle) err
 	if handle.Version != handleVersion {
 		return plugin.NewFatalError(fmt.Errorf("recover: task handle version %d is not understood by this driver (want %d)", handle.Version, handleVersion))
 	}
-	st, err := decodeDriverState(handle.DriverState)
-	if err != nil {
-		return plugin.NewFatalError(fmt.Errorf("recover: %w", err))
-	}
 	cli, err := d.client()
 	if err != nil {
 		return plugin.NewRecoverableError(err)
+	}
+	st, err := decodeDriverState(handle.DriverState)
+	if err != nil {
+		// Unreadable state: the container can still be found by the task
+		// id label it was created with.
+		found, ferr := d.stateFromLabels(ctx, handle.Config)
+		if ferr != nil {
+			return plugin.NewFatalError(fmt.Errorf("recover: %w; and by label: %w", err, ferr))
+		}
+		st = found
 	}
 	info, err := cli.ContainerInspect(ctx, st.ContainerID)
 	if err != nil {
@@ -164,4 +171,32 @@ func (r *reconciler) pass(ctx context.Context, grace time.Duration) error {
 	r.candidates = next
 	r.mu.Unlock()
 	return nil
+}
+
+// stateFromLabels rebuilds a task's driver state from its labelled
+// container and the handle's task config.
+func (d *Driver) stateFromLabels(ctx context.Context, cfg *plugin.TaskConfig) (*driverState, error) {
+	cli, err := d.client()
+	if err != nil {
+		return nil, err
+	}
+	list, err := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(
+		filters.Arg("label", labelTaskID+"="+cfg.ID))})
+	if err != nil {
+		return nil, fmt.Errorf("listing containers: %w", err)
+	}
+	if len(list) != 1 {
+		return nil, fmt.Errorf("%d containers carry %s=%s", len(list), labelTaskID, cfg.ID)
+	}
+	c := list[0]
+	name := ""
+	if len(c.Names) > 0 {
+		name = strings.TrimPrefix(c.Names[0], "/")
+	}
+	return &driverState{
+		ContainerID: c.ID, ContainerName: name, Image: c.Image, ImageID: c.ImageID,
+		StartedAt: time.Unix(c.Created, 0), TaskName: cfg.Name, AllocID: cfg.AllocID, AllocDir: cfg.AllocDir,
+		StdoutPath: cfg.StdoutPath, StderrPath: cfg.StderrPath,
+		LoggerState: loggerStatePath(cfg.AllocDir, cfg.Name, c.ID),
+	}, nil
 }

@@ -199,7 +199,7 @@ func sameState(a, b State) bool {
 		((pa == nil && pb == nil) || (pa != nil && pb != nil && *pa == *pb))
 }
 
-// Run follows the syncer until ctx ends: it connects (retrying every Retry while the socket
+// Run follows the syncer until ctx ends (call it once per Gate): it connects (retrying every Retry while the socket
 // is absent), reads lines, and re-evaluates the gate at every line and at the instant it
 // would close on its own. It returns ctx's error.
 func (g *Gate) Run(ctx context.Context) error {

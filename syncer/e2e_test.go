@@ -50,6 +50,12 @@ func TestReplication(t *testing.T) {
 	must(t, os.Symlink("new.txt", filepath.Join(mdir, "dangling")))
 	waitEqual(t, 20*time.Second, mdir, c1dir, c2dir)
 
+	// Changes inside a renamed directory are still seen (inotify watches
+	// follow the inode; their names must follow the rename).
+	writeFile(t, filepath.Join(mdir, "moved-b/c/after-rename.txt"), []byte("new"), 0o644)
+	writeFile(t, filepath.Join(mdir, "moved-b/c/deep.txt"), []byte("deeper"), 0o640)
+	waitEqual(t, 10*time.Second, mdir, c1dir, c2dir)
+
 	// In-place page writes in the large file: only changed blocks travel.
 	before := m.metric("bedrock_sync_bytes_sent_total")
 	f, err := os.OpenFile(filepath.Join(mdir, "big.db"), os.O_RDWR, 0)

@@ -49,6 +49,11 @@ type Master struct {
 	watcher *fsnotify.Watcher
 	buf     []byte
 	stop    chan struct{}
+	// renamedDirs are (from, to) directory renames whose watches need
+	// re-registering; only the watch goroutine touches it.
+	renamedDirs [][2]string
+	// watched are directories with an inotify watch (watch goroutine only).
+	watched map[string]bool
 
 	mu       sync.Mutex
 	cache    map[string]*tree.Entry
@@ -78,7 +83,7 @@ func NewMaster(cfg MasterConfig) *Master {
 	}
 	return &Master{
 		cfg: cfg, log: cfg.Logger, session: randomSession(), buf: make([]byte, 256*tree.BlockSize),
-		stop: make(chan struct{}), cache: make(map[string]*tree.Entry), first: 1,
+		stop: make(chan struct{}), cache: make(map[string]*tree.Entry), first: 1, watched: make(map[string]bool),
 		notify: make(chan struct{}), ready: make(chan struct{}), clones: make(map[*cloneConn]struct{}),
 	}
 }

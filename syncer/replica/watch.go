@@ -41,10 +41,9 @@ func (m *Master) watchLoop(ctx context.Context) error {
 	}
 	defer w.Close()
 	m.watcher = w
-	m.addWatches("")
 	// The first scan fills the cache without producing ops: clones start
 	// from a manifest anyway.
-	first, err := tree.Scan(ctx, m.cfg.Root, tree.ScanOptions{OnError: m.unreadable})
+	first, err := m.watchAndScan(ctx, "")
 	if err != nil {
 		return err
 	}
@@ -86,9 +85,11 @@ func (m *Master) watchLoop(ctx context.Context) error {
 			}
 			clear(dirty)
 			m.fullRescan(ctx)
+			m.fixRenamedWatches(ctx)
 			continue
 		case <-rescan.C:
 			m.fullRescan(ctx)
+			m.fixRenamedWatches(ctx)
 			continue
 		}
 		// Drain whatever else is already queued, then process at once.
@@ -103,6 +104,44 @@ func (m *Master) watchLoop(ctx context.Context) error {
 		}
 		m.processDirty(ctx, dirty)
 		clear(dirty)
+		m.fixRenamedWatches(ctx)
+	}
+}
+
+// fixRenamedWatches re-registers the watches of renamed directories. An
+// inotify watch follows its directory's inode, but the watcher keeps
+// reporting events under the old name, which no longer exists: each
+// directory below the new name is unwatched and watched again, and the
+// subtree rescanned for whatever changed in between.
+func (m *Master) fixRenamedWatches(ctx context.Context) {
+	for len(m.renamedDirs) > 0 {
+		pairs := m.renamedDirs
+		m.renamedDirs = nil
+		for _, pr := range pairs {
+			from, to := pr[0], pr[1]
+			m.mu.Lock()
+			var dirs []string
+			for k, e := range m.cache {
+				if e.Type == tree.TypeDir && tree.Under(k, to) {
+					dirs = append(dirs, k)
+				}
+			}
+			m.mu.Unlock()
+			for _, d := range dirs {
+				if m.watcher != nil {
+					_ = m.watcher.Remove(filepath.Join(m.cfg.Dir, from+d[len(to):]))
+					_ = m.watcher.Remove(filepath.Join(m.cfg.Dir, d))
+				}
+			}
+			m.unwatched(from)
+			m.unwatched(to)
+			sub, err := m.watchAndScan(ctx, to)
+			if err != nil {
+				m.log.Warn("rescan after rename failed", "path", to, "error", err)
+				continue
+			}
+			m.reconcile(sub, []scope{{path: to, recursive: true}})
+		}
 	}
 }
 
@@ -133,9 +172,51 @@ func (m *Master) addWatches(under string) {
 		}
 		if err := m.watcher.Add(filepath.Join(m.cfg.Dir, p)); err != nil {
 			m.log.Warn("cannot watch directory", "dir", p, "error", err)
+			return nil
 		}
+		if p == "." {
+			p = ""
+		}
+		m.watched[p] = true
 		return nil
 	})
+}
+
+// unwatched forgets directories at or below p (they were removed; the
+// kernel drops their watches).
+func (m *Master) unwatched(p string) {
+	for k := range m.watched {
+		if tree.Under(k, p) {
+			delete(m.watched, k)
+		}
+	}
+}
+
+// watchAndScan watches every directory below p, then scans p. A directory
+// created after the watches were placed but before the scan would be seen
+// by the scan yet never watched, so its later changes would be missed:
+// such directories are watched and the subtree scanned again.
+func (m *Master) watchAndScan(ctx context.Context, p string) (map[string]*tree.Entry, error) {
+	var sub map[string]*tree.Entry
+	for attempt := 0; attempt < 5; attempt++ {
+		m.addWatches(p)
+		var err error
+		sub, err = tree.Scan(ctx, m.cfg.Root, tree.ScanOptions{Under: p, OnError: m.unreadable, Prev: m.cacheSnapshotMap()})
+		if err != nil {
+			return nil, err
+		}
+		missing := false
+		for k, e := range sub {
+			if e.Type == tree.TypeDir && !m.watched[k] {
+				missing = true
+				break
+			}
+		}
+		if !missing {
+			break
+		}
+	}
+	return sub, nil
 }
 
 func dotIfEmpty(s string) string {
@@ -153,6 +234,12 @@ func (m *Master) fullRescan(ctx context.Context) {
 		return
 	}
 	m.reconcile(now, []scope{{path: "", recursive: true}})
+	// Directories the events missed are not watched either.
+	for p, e := range now {
+		if e.Type == tree.TypeDir && !m.watched[p] {
+			m.addWatches(p)
+		}
+	}
 }
 
 func (m *Master) unreadable(name string, err error) {
@@ -207,11 +294,10 @@ func (m *Master) processDirty(ctx context.Context, dirty map[string]struct{}) {
 		}
 		oldDir := old != nil && old.Type == tree.TypeDir
 		switch {
-		case e != nil && e.Type == tree.TypeDir && (!oldDir || old.Ino != e.Ino):
+		case e != nil && e.Type == tree.TypeDir && (!oldDir || old.Ino != e.Ino || !m.watched[p]):
 			// Watch first, then scan: whatever is created after the watch
 			// raises an event, whatever before it is seen by the scan.
-			m.addWatches(p)
-			sub, err := tree.Scan(ctx, m.cfg.Root, tree.ScanOptions{Under: p, OnError: m.unreadable, Prev: m.cacheSnapshotMap()})
+			sub, err := m.watchAndScan(ctx, p)
 			if err != nil {
 				m.log.Warn("scan failed", "path", p, "error", err)
 				continue
@@ -320,6 +406,9 @@ func (m *Master) reconcile(now map[string]*tree.Entry, scopes []scope) {
 			delete(byIno, [2]uint64{e.Dev, e.Ino})
 			ops = append(ops, &op{kind: wire.TRename, path: from.Path, to: e.Path})
 			m.cacheRename(from.Path, e.Path)
+			if e.Type == tree.TypeDir {
+				m.renamedDirs = append(m.renamedDirs, [2]string{from.Path, e.Path})
+			}
 			renamed = true
 		}
 		if renamed {
@@ -333,6 +422,7 @@ func (m *Master) reconcile(now map[string]*tree.Entry, scopes []scope) {
 			}
 			ops = append(ops, &op{kind: wire.TDelete, path: e.Path})
 			m.cacheDelete(e.Path)
+			m.unwatched(e.Path)
 		}
 		// Creations and changes, parents first.
 		all := make([]*tree.Entry, 0, len(now))

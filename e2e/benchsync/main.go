@@ -284,7 +284,7 @@ func bench(ctx context.Context, base string, r *results) error {
 // genTree writes half the bytes as small files (1-64 KiB, in nested dirs)
 // and half as four large files. Content is random (incompressible).
 func genTree(dir string, total int64) (int64, int64, error) {
-	rng := mrand.New(mrand.NewPCG(1, 2))
+	rng := mrand.New(mrand.NewPCG(1, 2)) //nolint:gosec // reproducible benchmark data, not secrets
 	buf := make([]byte, 8<<20)
 	_, _ = rand.Read(buf)
 	var files, written int64
@@ -487,7 +487,7 @@ func (c *child) waitSynced(ctx context.Context, timeout time.Duration) error {
 			return nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("%s not synced in %v (last status %+v, %v)", c.name, timeout, st, err)
+			return fmt.Errorf("%s not synced in %v (last status %+v): %w", c.name, timeout, st, timeoutCause(ctx, err))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -590,7 +590,7 @@ func deltaBench(ctx context.Context, m *child, clones []*child, src string, dsts
 	if err != nil {
 		return err
 	}
-	rng := mrand.New(mrand.NewPCG(3, 4))
+	rng := mrand.New(mrand.NewPCG(3, 4)) //nolint:gosec // reproducible benchmark offsets, not secrets
 	page := make([]byte, 4096)
 	pagesInFile := int64(deltaSize) / 4096
 	for i := 0; i < *pageWrites; i++ {
@@ -741,4 +741,12 @@ func rssMiB(pid int) float64 {
 		}
 	}
 	return 0
+}
+
+// timeoutCause explains why a bounded wait ended.
+func timeoutCause(ctx context.Context, last error) error {
+	if err := errors.Join(last, ctx.Err()); err != nil {
+		return err
+	}
+	return errors.New("timed out")
 }

@@ -157,7 +157,7 @@ func (n *stNode) waitComplete(ctx context.Context, files int64, timeout time.Dur
 			return nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("syncthing folder on %s not complete within %v (last %+v, %v)", filepath.Base(n.home), timeout, st, err)
+			return fmt.Errorf("syncthing folder on %s not complete within %v (last %+v): %w", filepath.Base(n.home), timeout, st, timeoutCause(ctx, err))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

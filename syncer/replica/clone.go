@@ -34,7 +34,7 @@ type CloneConfig struct {
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
 }
 
-// CloneStatus is what a clone knows about itself.
+// CloneState is what a clone knows about itself.
 type CloneState struct {
 	Position  Position `json:"position"`
 	MasterSeq uint64   `json:"master_seq"`
@@ -119,7 +119,7 @@ func (c *Clone) Run(ctx context.Context) error {
 		start := time.Now()
 		err := c.runSession(ctx)
 		if ctx.Err() != nil {
-			return nil
+			return nil //nolint:nilerr // ending the session is how a cancelled clone stops
 		}
 		var ae applyError
 		switch {
@@ -266,7 +266,7 @@ func peerError(f wire.Frame) error {
 func (s *session) handshake() (wire.Hello, error) {
 	c := s.c
 	_ = s.conn.SetDeadline(time.Now().Add(handshakeTimeout))
-	defer s.conn.SetDeadline(time.Time{})
+	defer func() { _ = s.conn.SetDeadline(time.Time{}) }()
 	var hello wire.Hello
 	f, err := s.read(wire.MaxAuthPayload)
 	if err != nil {

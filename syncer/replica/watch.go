@@ -162,7 +162,7 @@ func (m *Master) addWatches(under string) {
 	}
 	_ = fs.WalkDir(m.cfg.Root.FS(), dotIfEmpty(under), func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
-			return nil
+			return nil //nolint:nilerr // a vanished directory needs no watch; the rescan covers the rest
 		}
 		if !d.IsDir() {
 			return nil
@@ -458,7 +458,8 @@ func (m *Master) reconcile(now map[string]*tree.Entry, scopes []scope) {
 // replaced says old and n are different objects under one name.
 func replaced(old, n *tree.Entry) bool {
 	if old.Type != n.Type {
-		return !(old.Type == tree.TypeUnreadable && n.Type == tree.TypeFile || old.Type == tree.TypeFile && n.Type == tree.TypeUnreadable)
+		unreadable := old.Type == tree.TypeUnreadable && n.Type == tree.TypeFile || old.Type == tree.TypeFile && n.Type == tree.TypeUnreadable
+		return !unreadable
 	}
 	return (old.Type == tree.TypeFile || old.Type == tree.TypeDir) && old.Ino != 0 && (old.Ino != n.Ino || old.Dev != n.Dev)
 }

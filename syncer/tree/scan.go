@@ -30,7 +30,7 @@ func FromInfo(name string, fi fs.FileInfo) *Entry {
 	}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		e.UID, e.GID = st.Uid, st.Gid
-		e.Ino, e.Dev = st.Ino, uint64(st.Dev)
+		e.Ino, e.Dev = st.Ino, st.Dev
 		e.CtimeNs = st.Ctim.Nano()
 	}
 	return e

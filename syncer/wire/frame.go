@@ -14,7 +14,7 @@
 // Decisions:
 //   - The length is checked against a limit before anything is allocated, so a
 //     peer cannot make us allocate more than the limit (16 MiB by default; only
-//     authenticated peers get that, see ReadFrame's max argument).
+//     authenticated peers get that, see ReadFrame's limit argument).
 //   - The checksum covers type, term, seq and payload, so a flipped bit
 //     anywhere but in the length is caught; a flipped length either exceeds the
 //     limit or misaligns the checksum, which is caught too. After a corrupt
@@ -166,16 +166,16 @@ func WriteFrameParts(w io.Writer, t Type, term, seq uint64, parts ...[]byte) err
 	return nil
 }
 
-// ReadFrame reads one frame whose payload is at most max bytes. buf is reused
-// when large enough; the returned payload aliases it.
-func ReadFrame(r io.Reader, max int, buf []byte) (Frame, []byte, error) {
+// ReadFrame reads one frame whose payload is at most limit bytes. buf is
+// reused when large enough; the returned payload aliases it.
+func ReadFrame(r io.Reader, limit int, buf []byte) (Frame, []byte, error) {
 	var h [HeaderSize]byte
 	if _, err := io.ReadFull(r, h[:]); err != nil {
 		return Frame{}, buf, err
 	}
 	n := binary.BigEndian.Uint32(h[0:4])
-	if max < 0 || uint64(n) > uint64(max) {
-		return Frame{}, buf, fmt.Errorf("frame of %d bytes, limit %d: %w", n, max, ErrTooLarge)
+	if limit < 0 || uint64(n) > uint64(limit) {
+		return Frame{}, buf, fmt.Errorf("frame of %d bytes, limit %d: %w", n, limit, ErrTooLarge)
 	}
 	need := HeaderSize + int(n) + TrailerSize
 	if cap(buf) < need {
@@ -194,13 +194,13 @@ func ReadFrame(r io.Reader, max int, buf []byte) (Frame, []byte, error) {
 
 // Decode parses one complete frame from b (as produced by AppendFrame) and
 // returns the number of bytes it used. It never reads beyond b.
-func Decode(b []byte, max int) (Frame, int, error) {
+func Decode(b []byte, limit int) (Frame, int, error) {
 	if len(b) < HeaderSize {
 		return Frame{}, 0, io.ErrUnexpectedEOF
 	}
 	n := binary.BigEndian.Uint32(b[0:4])
-	if max < 0 || uint64(n) > uint64(max) {
-		return Frame{}, 0, fmt.Errorf("frame of %d bytes, limit %d: %w", n, max, ErrTooLarge)
+	if limit < 0 || uint64(n) > uint64(limit) {
+		return Frame{}, 0, fmt.Errorf("frame of %d bytes, limit %d: %w", n, limit, ErrTooLarge)
 	}
 	need := HeaderSize + int(n) + TrailerSize
 	if len(b) < need {

@@ -103,9 +103,7 @@ type ErrorMsg struct {
 	Msg string
 }
 
-// Marshal methods append the payload encoding; Unmarshal methods reject
-// malformed or trailing input.
-
+// Marshal encodes the Hello payload.
 func (m *Hello) Marshal() []byte {
 	e := Enc{}
 	e.Uvarint(m.Version)
@@ -114,6 +112,7 @@ func (m *Hello) Marshal() []byte {
 	return e.B
 }
 
+// Unmarshal decodes a Hello payload, rejecting malformed or trailing input.
 func (m *Hello) Unmarshal(b []byte) error {
 	d := NewDec(b)
 	m.Version = d.Uvarint()
@@ -122,6 +121,7 @@ func (m *Hello) Unmarshal(b []byte) error {
 	return d.Done()
 }
 
+// Marshal encodes the Auth payload.
 func (m *Auth) Marshal() []byte {
 	e := Enc{}
 	e.B = append(e.B, m.Nonce[:]...)
@@ -130,6 +130,7 @@ func (m *Auth) Marshal() []byte {
 	return e.B
 }
 
+// Unmarshal decodes a Auth payload, rejecting malformed or trailing input.
 func (m *Auth) Unmarshal(b []byte) error {
 	d := NewDec(b)
 	d.Fixed(m.Nonce[:])
@@ -138,22 +139,27 @@ func (m *Auth) Unmarshal(b []byte) error {
 	return d.Done()
 }
 
+// Marshal encodes the AuthOK payload.
 func (m *AuthOK) Marshal() []byte { return append([]byte(nil), m.MAC[:]...) }
 
+// Unmarshal decodes a AuthOK payload, rejecting malformed or trailing input.
 func (m *AuthOK) Unmarshal(b []byte) error {
 	d := NewDec(b)
 	d.Fixed(m.MAC[:])
 	return d.Done()
 }
 
+// Marshal encodes the Resume payload.
 func (m *Resume) Marshal() []byte { e := Enc{}; e.U64(m.Session); return e.B }
 
+// Unmarshal decodes a Resume payload, rejecting malformed or trailing input.
 func (m *Resume) Unmarshal(b []byte) error {
 	d := NewDec(b)
 	m.Session = d.U64()
 	return d.Done()
 }
 
+// Marshal encodes the Request payload.
 func (m *Request) Marshal() []byte {
 	e := Enc{}
 	e.String(m.Path)
@@ -167,6 +173,7 @@ func (m *Request) Marshal() []byte {
 	return e.B
 }
 
+// Unmarshal decodes a Request payload, rejecting malformed or trailing input.
 func (m *Request) Unmarshal(b []byte) error {
 	d := NewDec(b)
 	m.Path = d.String()
@@ -180,6 +187,7 @@ func (m *Request) Unmarshal(b []byte) error {
 	return d.Done()
 }
 
+// Marshal encodes the FileBegin payload.
 func (m *FileBegin) Marshal() []byte {
 	e := Enc{}
 	e.String(m.Path)
@@ -192,6 +200,7 @@ func (m *FileBegin) Marshal() []byte {
 	return e.B
 }
 
+// Unmarshal decodes a FileBegin payload, rejecting malformed or trailing input.
 func (m *FileBegin) Unmarshal(b []byte) error {
 	d := NewDec(b)
 	m.Path = d.String()
@@ -210,6 +219,7 @@ func (m *FileBegin) Unmarshal(b []byte) error {
 	return nil
 }
 
+// Marshal encodes the FileData payload.
 func (m *FileData) Marshal() []byte {
 	e := Enc{B: make([]byte, 0, 16+8*len(m.Hashes)+len(m.Data))}
 	e.Varint(m.Offset)
@@ -234,6 +244,7 @@ func (m *FileData) AppendHeader(dst []byte) []byte {
 	return e.B
 }
 
+// Unmarshal decodes a FileData payload, rejecting malformed or trailing input.
 func (m *FileData) Unmarshal(b []byte) error {
 	d := NewDec(b)
 	m.Offset = d.Varint()
@@ -252,6 +263,7 @@ func (m *FileData) Unmarshal(b []byte) error {
 	return nil
 }
 
+// Marshal encodes the Meta payload.
 func (m *Meta) Marshal() []byte {
 	e := Enc{}
 	e.String(m.Path)
@@ -262,6 +274,7 @@ func (m *Meta) Marshal() []byte {
 	return e.B
 }
 
+// Unmarshal decodes a Meta payload, rejecting malformed or trailing input.
 func (m *Meta) Unmarshal(b []byte) error {
 	d := NewDec(b)
 	m.Path = d.String()
@@ -272,6 +285,7 @@ func (m *Meta) Unmarshal(b []byte) error {
 	return d.Done()
 }
 
+// Marshal encodes the Symlink payload.
 func (m *Symlink) Marshal() []byte {
 	e := Enc{}
 	e.String(m.Path)
@@ -282,6 +296,7 @@ func (m *Symlink) Marshal() []byte {
 	return e.B
 }
 
+// Unmarshal decodes a Symlink payload, rejecting malformed or trailing input.
 func (m *Symlink) Unmarshal(b []byte) error {
 	d := NewDec(b)
 	m.Path = d.String()
@@ -292,16 +307,20 @@ func (m *Symlink) Unmarshal(b []byte) error {
 	return d.Done()
 }
 
+// Marshal encodes the PathMsg payload.
 func (m *PathMsg) Marshal() []byte { e := Enc{}; e.String(m.Path); return e.B }
 
+// Unmarshal decodes a PathMsg payload, rejecting malformed or trailing input.
 func (m *PathMsg) Unmarshal(b []byte) error {
 	d := NewDec(b)
 	m.Path = d.String()
 	return d.Done()
 }
 
+// Marshal encodes the Rename payload.
 func (m *Rename) Marshal() []byte { e := Enc{}; e.String(m.From); e.String(m.To); return e.B }
 
+// Unmarshal decodes a Rename payload, rejecting malformed or trailing input.
 func (m *Rename) Unmarshal(b []byte) error {
 	d := NewDec(b)
 	m.From = d.String()
@@ -309,8 +328,10 @@ func (m *Rename) Unmarshal(b []byte) error {
 	return d.Done()
 }
 
+// Marshal encodes the ErrorMsg payload.
 func (m *ErrorMsg) Marshal() []byte { e := Enc{}; e.String(m.Msg); return e.B }
 
+// Unmarshal decodes a ErrorMsg payload, rejecting malformed or trailing input.
 func (m *ErrorMsg) Unmarshal(b []byte) error {
 	d := NewDec(b)
 	m.Msg = d.String()

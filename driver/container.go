@@ -131,15 +131,22 @@ func buildContainer(s *settings, cfg *plugin.TaskConfig, tc *TaskConfig, imageRe
 	}
 
 	hc := &container.HostConfig{
-		CapAdd:     tc.CapAdd,
-		CapDrop:    tc.CapDrop,
-		DNS:        tc.DNSServers,
-		DNSSearch:  tc.DNSSearchDomains,
-		DNSOptions: tc.DNSOptions,
-		ShmSize:    tc.ShmSize,
+		CapAdd:         tc.CapAdd,
+		CapDrop:        tc.CapDrop,
+		DNS:            tc.DNSServers,
+		DNSSearch:      tc.DNSSearchDomains,
+		DNSOptions:     tc.DNSOptions,
+		ShmSize:        tc.ShmSize,
+		ExtraHosts:     tc.ExtraHosts,
+		Sysctls:        tc.Sysctl,
+		SecurityOpt:    tc.SecurityOpt,
+		ReadonlyRootfs: tc.ReadonlyRootfs,
 		// json-file keeps the logs API working for the log follower,
 		// whatever the daemon's default driver; rotation bounds disk use.
 		LogConfig: container.LogConfig{Type: "json-file", Config: map[string]string{"max-size": "20m", "max-file": "2"}},
+	}
+	if tc.PidsLimit > 0 {
+		hc.PidsLimit = &tc.PidsLimit
 	}
 	if tc.Init {
 		t := true

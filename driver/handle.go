@@ -24,17 +24,19 @@ const handleVersion = 1
 // everything needed to re-attach (container, log follower, stats inputs)
 // is here. JSON keeps it readable in `nomad` debugging output.
 type driverState struct {
-	ContainerID   string    `json:"container_id"`
-	ContainerName string    `json:"container_name"`
-	Image         string    `json:"image"`
-	ImageID       string    `json:"image_id"`
-	StartedAt     time.Time `json:"started_at"`
-	TaskName      string    `json:"task_name"`
-	AllocID       string    `json:"alloc_id"`
-	AllocDir      string    `json:"alloc_dir"`
-	StdoutPath    string    `json:"stdout_path"`
-	StderrPath    string    `json:"stderr_path"`
-	TTY           bool      `json:"tty,omitempty"`
+	ContainerID   string `json:"container_id"`
+	ContainerName string `json:"container_name"`
+	Image         string `json:"image"`
+	ImageID       string `json:"image_id"`
+	// Pulled marks an image bedrock pulled itself (image GC candidates).
+	Pulled     bool      `json:"pulled,omitempty"`
+	StartedAt  time.Time `json:"started_at"`
+	TaskName   string    `json:"task_name"`
+	AllocID    string    `json:"alloc_id"`
+	AllocDir   string    `json:"alloc_dir"`
+	StdoutPath string    `json:"stdout_path"`
+	StderrPath string    `json:"stderr_path"`
+	TTY        bool      `json:"tty,omitempty"`
 	// LoggerPID is the detached log follower; LoggerState its position
 	// file (last timestamp written per stream), which bounds duplicates
 	// when a follower is restarted.

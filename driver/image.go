@@ -39,27 +39,27 @@ func normalizeImage(ref string) (string, error) {
 // ensureImage makes the image available locally and returns its id. A
 // local image is used as is unless force_pull is set; pulls report
 // progress as task events and are bounded by the pull timeout.
-func (d *Driver) ensureImage(ctx context.Context, h *taskHandle, tc *TaskConfig) (string, string, error) {
-	ref, err := normalizeImage(tc.Image)
+func (d *Driver) ensureImage(ctx context.Context, h *taskHandle, tc *TaskConfig) (ref, id string, pulled bool, err error) {
+	ref, err = normalizeImage(tc.Image)
 	if err != nil {
-		return "", "", err
+		return "", "", false, err
 	}
 	cli, err := d.client()
 	if err != nil {
-		return "", "", plugin.NewRecoverableError(err)
+		return "", "", false, plugin.NewRecoverableError(err)
 	}
 	if !tc.ForcePull {
 		info, err := cli.ImageInspect(ctx, ref)
 		if err == nil {
-			return ref, info.ID, nil
+			return ref, info.ID, false, nil
 		}
 		if !cerrdefs.IsNotFound(err) {
-			return "", "", plugin.NewRecoverableError(fmt.Errorf("inspecting image %s: %w", ref, err))
+			return "", "", false, plugin.NewRecoverableError(fmt.Errorf("inspecting image %s: %w", ref, err))
 		}
 	}
 	auth, err := d.registryAuth(ref, tc)
 	if err != nil {
-		return "", "", err
+		return "", "", false, err
 	}
 	timeout := tc.pullTimeout(d.settings().pullTimeout)
 	d.emit(h, "Pulling image %s", ref)
@@ -67,16 +67,16 @@ func (d *Driver) ensureImage(ctx context.Context, h *taskHandle, tc *TaskConfig)
 	defer cancel()
 	if err := d.pull(pctx, cli, h, ref, auth); err != nil {
 		if errors.Is(pctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
-			return "", "", plugin.NewRecoverableError(fmt.Errorf("pulling image %s: no result within %s (%s/image_pull_timeout)", ref, timeout, configAttrPullTimeout))
+			return "", "", false, plugin.NewRecoverableError(fmt.Errorf("pulling image %s: no result within %s (%s/image_pull_timeout)", ref, timeout, configAttrPullTimeout))
 		}
-		return "", "", err
+		return "", "", false, err
 	}
 	info, err := cli.ImageInspect(ctx, ref)
 	if err != nil {
-		return "", "", plugin.NewRecoverableError(fmt.Errorf("image %s pulled but not found: %w", ref, err))
+		return "", "", false, plugin.NewRecoverableError(fmt.Errorf("image %s pulled but not found: %w", ref, err))
 	}
 	d.emit(h, "Pulled image %s", ref)
-	return ref, info.ID, nil
+	return ref, info.ID, true, nil
 }
 
 // pull runs one image pull and classifies its failure: a reference that
@@ -237,9 +237,13 @@ func authFromDockerConfig(file, ref string) (*registry.AuthConfig, error) {
 	return nil, nil
 }
 
-// imageGC removes a task's image some time after its last task ended, if
-// the plugin config asks for it. Removal without force fails while any
-// container (ours or not) uses the image, which is what we want.
+// imageGC removes an image some time after the last task using it ended,
+// if the plugin config asks for it (gc.image, gc.image_delay). Policy:
+// only images bedrock itself pulled are removed, by the reference it
+// pulled (an untag; the engine deletes the layers when no tag or container
+// is left): images built or pulled on the node by someone else are the
+// operator's. Removal without force fails while any container uses the
+// image, which is what we want.
 type imageGC struct {
 	d       *Driver
 	mu      sync.Mutex
@@ -251,46 +255,52 @@ func newImageGC(d *Driver) *imageGC {
 	return &imageGC{d: d, users: map[string]int{}, pending: map[string]*time.Timer{}}
 }
 
-func (g *imageGC) acquire(imageID string) {
-	if imageID == "" {
+// acquire records a task using ref and cancels a pending removal.
+func (g *imageGC) acquire(ref string) {
+	if ref == "" {
 		return
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.users[imageID]++
-	if t := g.pending[imageID]; t != nil {
+	g.users[ref]++
+	if t := g.pending[ref]; t != nil {
 		t.Stop()
-		delete(g.pending, imageID)
+		delete(g.pending, ref)
 	}
 }
 
-func (g *imageGC) release(imageID string) {
-	if imageID == "" {
+// release records a task no longer using ref; the last user of an image
+// bedrock pulled schedules its removal.
+func (g *imageGC) release(ref string, pulled bool) {
+	if ref == "" {
 		return
 	}
 	s := g.d.settings()
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.users[imageID] > 0 {
-		g.users[imageID]--
+	if g.users[ref] > 0 {
+		g.users[ref]--
 	}
-	if g.users[imageID] > 0 || !s.gcImage {
+	if g.users[ref] > 0 {
 		return
 	}
-	delete(g.users, imageID)
-	if t := g.pending[imageID]; t != nil {
+	delete(g.users, ref)
+	if !pulled || !s.gcImage {
+		return
+	}
+	if t := g.pending[ref]; t != nil {
 		t.Stop()
 	}
-	g.pending[imageID] = time.AfterFunc(s.gcImageDelay, func() { g.remove(imageID) })
+	g.pending[ref] = time.AfterFunc(s.gcImageDelay, func() { g.remove(ref) })
 }
 
-func (g *imageGC) remove(imageID string) {
+func (g *imageGC) remove(ref string) {
 	g.mu.Lock()
-	if g.users[imageID] > 0 {
+	if g.users[ref] > 0 {
 		g.mu.Unlock()
 		return
 	}
-	delete(g.pending, imageID)
+	delete(g.pending, ref)
 	g.mu.Unlock()
 	cli, err := g.d.client()
 	if err != nil {
@@ -298,9 +308,9 @@ func (g *imageGC) remove(imageID string) {
 	}
 	ctx, cancel := context.WithTimeout(g.d.ctx, 30*time.Second)
 	defer cancel()
-	if _, err := cli.ImageRemove(ctx, imageID, image.RemoveOptions{PruneChildren: true}); err != nil {
-		g.d.logger.Debug("image not removed", "image", imageID, "error", err)
+	if _, err := cli.ImageRemove(ctx, ref, image.RemoveOptions{PruneChildren: true}); err != nil {
+		g.d.logger.Debug("image not removed", "image", ref, "error", err)
 		return
 	}
-	g.d.logger.Info("removed unused image", "image", imageID)
+	g.d.logger.Info("removed unused image", "image", ref)
 }

@@ -423,3 +423,23 @@ auth {
 		}
 	}
 }
+
+func TestOptionExtraHostsSysctlReadonlyPids(t *testing.T) {
+	c := startAgent(t, "")
+	task := start(t, c, harness.TaskSpec{Config: appConfig(
+		`extra_hosts = ["db.internal:10.1.2.3"]`,
+		`sysctl = { "net.ipv4.ip_unprivileged_port_start" = "80" }`,
+		`readonly_rootfs = true`,
+		`pids_limit = 64`,
+		`security_opt = ["no-new-privileges"]`,
+		sleepArgs)})
+	out, _ := execIn(t, c, task, "sh", "-c", "cat /etc/hosts; cat /proc/sys/net/ipv4/ip_unprivileged_port_start; touch /rootfs-write 2>&1; grep NoNewPrivs /proc/self/status")
+	for _, want := range []string{"10.1.2.3\tdb.internal", "\n80\n", "Read-only file system", "NoNewPrivs:\t1"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("missing %q in:\n%s", want, out)
+		}
+	}
+	if hc := containerOf(t, task).HostConfig; hc.PidsLimit == nil || *hc.PidsLimit != 64 {
+		t.Errorf("pids limit %v", hc.PidsLimit)
+	}
+}

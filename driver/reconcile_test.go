@@ -1,11 +1,14 @@
 package driver_test
 
 import (
+	"context"
+	"fmt"
 	"testing"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/image"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin/harness"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin/proto/driverpb"
@@ -87,5 +90,28 @@ func TestFingerprintAttributes(t *testing.T) {
 	}
 	if attrs["driver.bedrock.docker.runtimes"].GetStringVal() == "" || attrs["driver.bedrock.version"].GetStringVal() == "" {
 		t.Errorf("attributes %v", attrs)
+	}
+}
+
+// Image GC removes only images bedrock pulled: a locally built image
+// survives its last task by more than image_delay.
+func TestImageGCKeepsLocalImages(t *testing.T) {
+	ref := "bedrock-gc-local:" + harness.NewAllocID()[:8]
+	ctx := ctxFor(t, 60*time.Second)
+	if err := dockerCli.ImageTag(ctx, testImage, ref); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = dockerCli.ImageRemove(context.Background(), ref, image.RemoveOptions{}) })
+	c := startAgentHCL(t, `gc {
+  image       = true
+  image_delay = "500ms"
+}`)
+	task := start(t, c, harness.TaskSpec{Config: fmt.Sprintf("image = %q\n%s", ref, sleepArgs)})
+	if err := c.StopAndDestroy(ctx, task, time.Second, "SIGKILL"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	if _, err := dockerCli.ImageInspect(ctx, ref); err != nil {
+		t.Errorf("a local image was garbage collected: %v", err)
 	}
 }

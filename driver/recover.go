@@ -75,7 +75,7 @@ func (d *Driver) RecoverTask(ctx context.Context, handle *plugin.TaskHandle) err
 	}
 	h := newTaskHandle(d, taskID, *st, lp) //nolint:contextcheck // the task outlives this RPC: it hangs off the plugin's context
 	d.storeHandle(h)
-	d.images.acquire(st.ImageID)
+	d.images.acquire(st.Image)
 	d.reconcile.sawNode(nodeLabel(handle.Config))
 	if info.Config != nil {
 		d.reconcile.sawNode(info.Config.Labels[labelNode])

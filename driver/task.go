@@ -49,7 +49,7 @@ func (d *Driver) StartTask(ctx context.Context, cfg *plugin.TaskConfig) (*plugin
 
 	// A handle-less stand-in so image events reach the task before it runs.
 	evh := &taskHandle{taskID: cfg.ID, allocID: cfg.AllocID, taskName: cfg.Name}
-	ref, imageID, err := d.ensureImage(ctx, evh, tc)
+	ref, imageID, pulled, err := d.ensureImage(ctx, evh, tc)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -76,6 +76,7 @@ func (d *Driver) StartTask(ctx context.Context, cfg *plugin.TaskConfig) (*plugin
 		ContainerName: spec.name,
 		Image:         ref,
 		ImageID:       imageID,
+		Pulled:        pulled,
 		TaskName:      cfg.Name,
 		AllocID:       cfg.AllocID,
 		AllocDir:      cfg.AllocDir,
@@ -124,7 +125,7 @@ func (d *Driver) StartTask(ctx context.Context, cfg *plugin.TaskConfig) (*plugin
 	}
 	h := newTaskHandle(d, cfg.ID, st, lp) //nolint:contextcheck // the task outlives this RPC: it hangs off the plugin's context
 	d.storeHandle(h)
-	d.images.acquire(imageID)
+	d.images.acquire(ref)
 	d.reconcile.sawNode(nodeLabel(cfg))
 	d.emit(h, "Started container %s", shortID(created.ID))
 	d.logger.Info("started task", "task_id", cfg.ID, "container", shortID(created.ID), "image", ref)
@@ -280,7 +281,7 @@ func (d *Driver) DestroyTask(ctx context.Context, taskID string, force bool) err
 	h.cancel()
 	h.setExit(&plugin.ExitResult{ExitCode: -1, Err: errors.New("task destroyed")})
 	d.removeHandle(taskID)
-	d.images.release(h.state.ImageID) //nolint:contextcheck // removal is delayed past this RPC
+	d.images.release(h.state.Image, h.state.Pulled) //nolint:contextcheck // removal is delayed past this RPC
 	return nil
 }
 

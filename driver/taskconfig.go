@@ -48,6 +48,11 @@ type TaskConfig struct {
 	Ulimit           map[string]string `msgpack:"ulimit"`
 	Mounts           []MountConfig     `msgpack:"mount"`
 	MemoryHardLimit  int64             `msgpack:"memory_hard_limit"`
+	ExtraHosts       []string          `msgpack:"extra_hosts"`
+	Sysctl           map[string]string `msgpack:"sysctl"`
+	SecurityOpt      []string          `msgpack:"security_opt"`
+	ReadonlyRootfs   bool              `msgpack:"readonly_rootfs"`
+	PidsLimit        int64             `msgpack:"pids_limit"`
 	Syncer           *SyncerConfig     `msgpack:"syncer"`
 }
 
@@ -128,6 +133,11 @@ func taskConfigSpec() *hclspec.Spec {
 		"shm_size":             hclspec.Attr("shm_size", "number"),
 		"ulimit":               maps("ulimit"),
 		taskAttrMemoryHardLimt: hclspec.Attr(taskAttrMemoryHardLimt, "number"),
+		"extra_hosts":          strs("extra_hosts"),
+		"sysctl":               maps("sysctl"),
+		"security_opt":         strs("security_opt"),
+		"readonly_rootfs":      boolean("readonly_rootfs"),
+		"pids_limit":           hclspec.Attr("pids_limit", "number"),
 		"mount": hclspec.BlockList("mount", hclspec.Object(map[string]*hclspec.Spec{
 			"type":     hclspec.Default(str("type"), hclspec.Literal(`"bind"`)),
 			"source":   str("source"),
@@ -215,6 +225,14 @@ func (c *TaskConfig) validateApp() error {
 	}
 	if c.MemoryHardLimit < 0 {
 		errs = append(errs, fieldError(taskAttrMemoryHardLimt, "%d must not be negative (MiB)", c.MemoryHardLimit))
+	}
+	if c.PidsLimit < 0 {
+		errs = append(errs, fieldError("pids_limit", "%d must not be negative", c.PidsLimit))
+	}
+	for _, h := range c.ExtraHosts {
+		if name, ip, ok := strings.Cut(h, ":"); !ok || name == "" || ip == "" {
+			errs = append(errs, fieldError("extra_hosts", "%q is not host:ip", h))
+		}
 	}
 	if _, err := parseDuration(taskAttrPullTimeout, c.ImagePullTimeout, 0); err != nil {
 		errs = append(errs, plugin.NewFatalError(err))

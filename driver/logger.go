@@ -3,6 +3,7 @@ package driver
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -17,7 +18,6 @@ import (
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/client"
-	"github.com/docker/docker/pkg/stdcopy"
 )
 
 // LoggerCommand is the hidden subcommand main dispatches to RunLogger.
@@ -213,67 +213,103 @@ func (f *follower) followOnce(ctx context.Context, tty bool) error {
 	}
 	defer func() { _ = rc.Close() }()
 	if tty {
-		return f.lines(rc, f.out, &f.pos.Stdout)
+		// A tty merges the streams into raw text: split it into lines.
+		// (Messages over the engine's 16 KiB chunk size then carry an
+		// inner timestamp; tty logs that long are rare.)
+		return f.lines(rc, f.newSink(f.out, &f.pos.Stdout))
 	}
-	outR, outW := io.Pipe()
-	errR, errW := io.Pipe()
-	var wg sync.WaitGroup
-	var outErr, errErr error
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		outErr = f.lines(outR, f.out, &f.pos.Stdout)
-		_, _ = io.Copy(io.Discard, outR)
-	}()
-	go func() {
-		defer wg.Done()
-		errErr = f.lines(errR, f.err, &f.pos.Stderr)
-		_, _ = io.Copy(io.Discard, errR)
-	}()
-	_, cerr := stdcopy.StdCopy(outW, errW, rc)
-	_ = outW.CloseWithError(cerr)
-	_ = errW.CloseWithError(cerr)
-	wg.Wait()
-	return errors.Join(cerr, outErr, errErr)
+	return f.frames(rc)
 }
 
-// lines copies timestamped lines to w, skipping what pos says was written.
-func (f *follower) lines(r io.Reader, w *fifoWriter, pos *streamPos) error {
-	br := bufio.NewReaderSize(r, 64*1024)
+// sink writes one stream's messages, skipping those its position says were
+// already written.
+type sink struct {
+	f      *follower
+	w      *fifoWriter
+	pos    *streamPos
+	skipTS time.Time
+	skipN  int
+	seen   int
+}
+
+func (f *follower) newSink(w *fifoWriter, pos *streamPos) *sink {
 	f.mu.Lock()
-	skipTS, skipN := pos.TS, pos.N
-	f.mu.Unlock()
-	seenAtSkip := 0
+	defer f.mu.Unlock()
+	return &sink{f: f, w: w, pos: pos, skipTS: pos.TS, skipN: pos.N}
+}
+
+// message handles one "<RFC3339Nano timestamp> <text>" message.
+func (s *sink) message(raw []byte) error {
+	tsText, msg, ok := strings.Cut(string(raw), " ")
+	ts, perr := time.Parse(time.RFC3339Nano, tsText)
+	if !ok || perr != nil {
+		msg, ts = string(raw), time.Now() // not timestamped: pass through
+	}
+	if !s.skipTS.IsZero() {
+		switch {
+		case ts.Before(s.skipTS):
+			return nil
+		case ts.Equal(s.skipTS) && s.seen < s.skipN:
+			s.seen++
+			return nil
+		}
+	}
+	if err := s.w.write([]byte(msg)); err != nil {
+		return err
+	}
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	if ts.Equal(s.pos.TS) {
+		s.pos.N++
+	} else {
+		s.pos.TS, s.pos.N = ts, 1
+	}
+	s.f.saveLocked()
+	return nil
+}
+
+// frames reads the engine's multiplexed stream: an 8-byte header (stream,
+// 3 zero bytes, big-endian length) then one log message per frame, so a
+// long line split by the engine into several messages keeps each piece's
+// timestamp apart.
+func (f *follower) frames(r io.Reader) error {
+	out, errs := f.newSink(f.out, &f.pos.Stdout), f.newSink(f.err, &f.pos.Stderr)
+	br := bufio.NewReaderSize(r, 64*1024)
+	var hdr [8]byte
+	var buf []byte
+	for {
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("reading logs: %w", err)
+		}
+		n := int(binary.BigEndian.Uint32(hdr[4:]))
+		if cap(buf) < n {
+			buf = make([]byte, n)
+		}
+		buf = buf[:n]
+		if _, err := io.ReadFull(br, buf); err != nil {
+			return fmt.Errorf("reading logs: %w", err)
+		}
+		dst := out
+		if hdr[0] == 2 {
+			dst = errs
+		}
+		if err := dst.message(buf); err != nil {
+			return err
+		}
+	}
+}
+
+// lines splits a raw (tty) stream into messages at newlines.
+func (f *follower) lines(r io.Reader, s *sink) error {
+	br := bufio.NewReaderSize(r, 64*1024)
 	for {
 		line, err := br.ReadBytes('\n')
 		if len(line) > 0 {
-			tsText, msg, ok := strings.Cut(string(line), " ")
-			ts, perr := time.Parse(time.RFC3339Nano, tsText)
-			if !ok || perr != nil {
-				msg, ts = string(line), time.Now() // not timestamped: pass through
-			}
-			skip := false
-			if !skipTS.IsZero() {
-				switch {
-				case ts.Before(skipTS):
-					skip = true
-				case ts.Equal(skipTS) && seenAtSkip < skipN:
-					seenAtSkip++
-					skip = true
-				}
-			}
-			if !skip {
-				if werr := w.write([]byte(msg)); werr != nil {
-					return werr
-				}
-				f.mu.Lock()
-				if ts.Equal(pos.TS) {
-					pos.N++
-				} else {
-					pos.TS, pos.N = ts, 1
-				}
-				f.saveLocked()
-				f.mu.Unlock()
+			if werr := s.message(line); werr != nil {
+				return werr
 			}
 		}
 		if err != nil {

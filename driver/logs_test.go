@@ -125,3 +125,21 @@ func TestLogsOfShortTask(t *testing.T) {
 		t.Errorf("%d duplicates", d)
 	}
 }
+
+// A line longer than the engine's 16 KiB message size arrives whole, with
+// no timestamps of the engine's inner pieces in it.
+func TestLogsLongLine(t *testing.T) {
+	c := startAgent(t, "")
+	task := start(t, c, harness.TaskSpec{Config: appConfig(`args = ["sh", "-c", "head -c 40000 /dev/zero | tr '\\0' x; echo; echo done"]`)})
+	waitExit(t, c, task, 30*time.Second)
+	if err := task.Logs.WaitFor("done\n", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	want := strings.Repeat("x", 40000) + "\ndone\n"
+	if got := task.Logs.Stdout(); got != want {
+		t.Errorf("stdout is %d bytes, want %d; starts %q", len(got), len(want), got[:min(len(got), 80)])
+		if i := strings.Index(got, "Z "); i >= 0 {
+			t.Errorf("inner timestamp at %d: %q", i, got[max(0, i-40):min(len(got), i+10)])
+		}
+	}
+}

@@ -96,7 +96,7 @@ func TestFollowerSkipsWrittenLines(t *testing.T) {
 		ts2 + " same-ts-new\n",
 		"2026-01-01T00:00:03.000000000Z new\n",
 	}, "")
-	if err := f.lines(strings.NewReader(in), w, &f.pos.Stdout); err != nil {
+	if err := f.lines(strings.NewReader(in), f.newSink(w, &f.pos.Stdout)); err != nil {
 		t.Fatal(err)
 	}
 	w.close()

@@ -298,7 +298,8 @@ func TestRecoveryAfterPluginKill(t *testing.T) {
 	}
 }
 
-// A task whose container is gone cannot be recovered; the error says so.
+// A task whose container is gone is recovered as exited with an error
+// (Nomad then applies the restart policy); an unknown id likewise.
 func TestRecoverMissingContainer(t *testing.T) {
 	c := startAgent(t, "")
 	task := start(t, c, harness.TaskSpec{Config: appConfig(sleepArgs)})
@@ -310,9 +311,22 @@ func TestRecoverMissingContainer(t *testing.T) {
 	if err := dockerCli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true}); err != nil {
 		t.Fatal(err)
 	}
-	err := c.RecoverTask(ctx, task)
-	if err == nil || !strings.Contains(err.Error(), "no longer exists") {
-		t.Errorf("recover of a removed container: %v", err)
+	if err := c.RecoverTask(ctx, task); err != nil {
+		t.Fatalf("recover of a removed container: %v", err)
+	}
+	res := waitExit(t, c, task, 10*time.Second)
+	if res.Err == nil || !strings.Contains(res.Err.Error(), "no longer exists") {
+		t.Errorf("exit of a lost task: %+v", res)
+	}
+	ins, err := c.InspectTask(ctx, task)
+	if err != nil || ins.GetTask().GetState() != driverpb.TaskState_EXITED {
+		t.Errorf("inspect lost task: %v %v", ins, err)
+	}
+	// A handle for an id no engine ever saw.
+	unknown := prepare(t, c, harness.TaskSpec{Config: appConfig(sleepArgs)})
+	unknown.Handle = &driverpb.TaskHandle{Version: 1, Config: unknown.Config}
+	if err := c.RecoverTask(ctx, unknown); err != nil {
+		t.Errorf("recover of an unknown id: %v", err)
 	}
 	// Unknown tasks are fine for stop/destroy.
 	if err := c.StopAndDestroy(ctx, task, time.Second, "SIGTERM"); err != nil {

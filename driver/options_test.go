@@ -326,6 +326,16 @@ func TestOptionResources(t *testing.T) {
 	if hc.CPUShares != 250 || hc.Memory != 128<<20 || hc.MemoryReservation != 64<<20 {
 		t.Errorf("cpu shares %d, memory %d, reservation %d", hc.CPUShares, hc.Memory, hc.MemoryReservation)
 	}
+	// cpuset from the client's reserved cores.
+	pinned := prepare(t, c, harness.TaskSpec{Config: appConfig(sleepArgs)})
+	pinned.Config.Resources.LinuxResources.CpusetCpus = "0"
+	if err := c.StartTask(ctxFor(t, 30*time.Second), pinned); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { destroy(t, c, pinned) })
+	if got := containerOf(t, pinned).HostConfig.CpusetCpus; got != "0" {
+		t.Errorf("cpuset %q", got)
+	}
 	hard := start(t, c, harness.TaskSpec{Config: appConfig(`memory_hard_limit = 96`, sleepArgs), MemoryMB: 32})
 	if hc := containerOf(t, hard).HostConfig; hc.Memory != 96<<20 || hc.MemoryReservation != 32<<20 {
 		t.Errorf("memory_hard_limit: memory %d reservation %d", hc.Memory, hc.MemoryReservation)

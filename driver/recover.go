@@ -20,6 +20,11 @@ import (
 // container is never restarted: a running one is watched again, an exited
 // one reports its exit. The log follower is adopted if it still runs,
 // otherwise a new one resumes from the recorded position.
+//
+// A task whose container cannot be found (removed while the plugin was
+// down, or an id the engine never had) is recovered as already exited with
+// an error result: RecoverTask succeeds, as Nomad expects for unknown ids,
+// and WaitTask then reports the loss so the restart policy applies.
 func (d *Driver) RecoverTask(ctx context.Context, handle *plugin.TaskHandle) error {
 	if handle == nil || handle.Config == nil {
 		return plugin.NewFatalError(errors.New("recover: no task handle"))
@@ -28,27 +33,29 @@ func (d *Driver) RecoverTask(ctx context.Context, handle *plugin.TaskHandle) err
 	if d.handle(taskID) != nil {
 		return nil // already tracked (agent re-attached to a live plugin)
 	}
-	if handle.Version != handleVersion {
-		return plugin.NewFatalError(fmt.Errorf("recover: task handle version %d is not understood by this driver (want %d)", handle.Version, handleVersion))
-	}
 	cli, err := d.client()
 	if err != nil {
 		return plugin.NewRecoverableError(err)
 	}
 	st, err := decodeDriverState(handle.DriverState)
+	if err == nil && handle.Version != handleVersion {
+		err = fmt.Errorf("task handle version %d is not this driver's (%d)", handle.Version, handleVersion)
+	}
 	if err != nil {
 		// Unreadable state: the container can still be found by the task
 		// id label it was created with.
 		found, ferr := d.stateFromLabels(ctx, handle.Config)
 		if ferr != nil {
-			return plugin.NewFatalError(fmt.Errorf("recover: %w; and by label: %w", err, ferr))
+			d.storeHandle(lostHandle(d, handle.Config, fmt.Errorf("recover: %w; and by label: %w", err, ferr)))
+			return nil
 		}
 		st = found
 	}
 	info, err := cli.ContainerInspect(ctx, st.ContainerID)
 	if err != nil {
 		if cerrdefs.IsNotFound(err) {
-			return plugin.NewFatalError(fmt.Errorf("recover: container %s of task %s no longer exists", shortID(st.ContainerID), taskID))
+			d.storeHandle(lostHandle(d, handle.Config, fmt.Errorf("container %s of task %s no longer exists", shortID(st.ContainerID), taskID)))
+			return nil
 		}
 		return plugin.NewRecoverableError(fmt.Errorf("recover: inspecting container %s: %w", shortID(st.ContainerID), err))
 	}
@@ -83,6 +90,19 @@ func (d *Driver) RecoverTask(ctx context.Context, handle *plugin.TaskHandle) err
 	d.logger.Info("recovered task", "task_id", taskID, "container", shortID(st.ContainerID),
 		"running", info.State != nil && info.State.Running, "logger_adopted", st.LoggerPID > 0)
 	return nil
+}
+
+// lostHandle tracks a task that has nothing left to re-attach to: it is
+// already exited, with why as its error.
+func lostHandle(d *Driver, cfg *plugin.TaskConfig, why error) *taskHandle {
+	d.logger.Warn("recover: task has no container; reporting it exited", "task_id", cfg.ID, "error", why)
+	h := &taskHandle{
+		d: d, taskID: cfg.ID, allocID: cfg.AllocID, taskName: cfg.Name,
+		state:  driverState{TaskName: cfg.Name, AllocID: cfg.AllocID},
+		exited: make(chan struct{}), cancel: func() {},
+	}
+	h.setExit(&plugin.ExitResult{ExitCode: -1, Err: why})
+	return h
 }
 
 // reconciler finds containers labelled by bedrock that no task owns, e.g.

@@ -270,12 +270,17 @@ func (d *Driver) DestroyTask(ctx context.Context, taskID string, force bool) err
 		return plugin.NewRecoverableError(err)
 	}
 	h.killedByUs.Store(true)
-	if d.settings().gcContainer {
+	switch {
+	case h.containerID == "":
+		// A lost task (see lostHandle): nothing to remove.
+	case d.settings().gcContainer:
 		if err := cli.ContainerRemove(ctx, h.containerID, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !cerrdefs.IsNotFound(err) {
 			return plugin.NewRecoverableError(fmt.Errorf("removing container %s: %w", shortID(h.containerID), err))
 		}
-	} else if err := cli.ContainerKill(ctx, h.containerID, "SIGKILL"); err != nil && !isGoneOrStopped(err) {
-		return plugin.NewRecoverableError(fmt.Errorf("killing container %s: %w", shortID(h.containerID), err))
+	default:
+		if err := cli.ContainerKill(ctx, h.containerID, "SIGKILL"); err != nil && !isGoneOrStopped(err) {
+			return plugin.NewRecoverableError(fmt.Errorf("killing container %s: %w", shortID(h.containerID), err))
+		}
 	}
 	h.logger.stop(2 * time.Second)
 	h.cancel()

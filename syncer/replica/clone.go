@@ -155,6 +155,7 @@ type session struct {
 	wmu  sync.Mutex
 	term uint64
 	head uint64
+	bulk bool
 	buf  []byte
 	fw   *tree.FileWriter
 }
@@ -169,7 +170,11 @@ func (s *session) send(t wire.Type, seq uint64, payload []byte) error {
 }
 
 func (s *session) read(limit int) (wire.Frame, error) {
-	_ = s.conn.SetReadDeadline(time.Now().Add(readTimeout))
+	timeout := readTimeout
+	if s.bulk {
+		timeout = bulkTimeout // no heartbeats during an initial sync
+	}
+	_ = s.conn.SetReadDeadline(time.Now().Add(timeout))
 	f, b, err := wire.ReadFrame(s.r, limit, s.buf)
 	s.buf = b
 	return f, err
@@ -332,6 +337,8 @@ type plan struct {
 // requests exactly the blocks that differ.
 func (s *session) initialSync(ctx context.Context, f wire.Frame) error {
 	c := s.c
+	s.bulk = true
+	defer func() { s.bulk = false }()
 	var dec tree.ManifestDecoder
 	for f.Type == wire.TManifestChunk {
 		if err := dec.Add(f.Payload); err != nil {

@@ -61,8 +61,12 @@ var (
 const (
 	handshakeTimeout = 10 * time.Second
 	heartbeatEvery   = 500 * time.Millisecond
-	// readTimeout declares a silent peer dead; several heartbeats long.
-	readTimeout   = 5 * time.Second
+	// readTimeout declares a silent master dead; several heartbeats long.
+	readTimeout = 5 * time.Second
+	// bulkTimeout bounds a single read or write while data is moving in
+	// bulk (initial sync, acks): a peer writing to a slow disk may not read
+	// for a while, which is not a reason to start over.
+	bulkTimeout   = 30 * time.Second
 	dataChunk     = 256 * 1024 // bytes per FileData frame
 	manifestChunk = 1 << 20
 )

@@ -291,7 +291,6 @@ func (c *cloneConn) send(t wire.Type, seq uint64, payload []byte) error {
 }
 
 func (c *cloneConn) flush() error {
-	_ = c.conn.SetWriteDeadline(time.Now().Add(readTimeout))
 	return c.w.Flush()
 }
 
@@ -425,7 +424,7 @@ func (c *cloneConn) readLoop(ctx context.Context, r *bufio.Reader, reqs chan<- w
 	for {
 		// The clone acks at least every heartbeat; a long silence means it
 		// is gone (or frozen) and the connection is dropped.
-		_ = c.conn.SetReadDeadline(time.Now().Add(readTimeout * 6))
+		_ = c.conn.SetReadDeadline(time.Now().Add(bulkTimeout))
 		limit := wire.MaxPayload
 		if !open {
 			limit = wire.MaxAuthPayload
@@ -711,13 +710,16 @@ func (c *cloneConn) sendFile(seq uint64, name string, ranges []wire.Range, known
 }
 
 // countingWriter counts bytes that reach the connection (framing included),
-// which is what the delta benchmark compares with the bytes changed.
+// which is what the delta benchmark compares with the bytes changed, and
+// gives every write its own deadline: a clone that takes nothing for
+// bulkTimeout is dead, one that is merely slow is not.
 type countingWriter struct {
-	w io.Writer
+	w net.Conn
 	c interface{ Add(float64) }
 }
 
 func (cw countingWriter) Write(p []byte) (int, error) {
+	_ = cw.w.SetWriteDeadline(time.Now().Add(bulkTimeout))
 	n, err := cw.w.Write(p)
 	cw.c.Add(float64(n))
 	return n, err

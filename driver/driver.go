@@ -1,8 +1,3 @@
-// Package driver is the `bedrock` Nomad task driver: it runs app tasks as
-// containers on the local Docker Engine (image handling, ports, mounts,
-// resources, logs, stats, exec, signals), keeps enough state in each task
-// handle to re-attach after the plugin or the client agent restarts, and
-// reports the engine's health to Nomad.
 package driver
 
 import (

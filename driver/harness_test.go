@@ -90,12 +90,37 @@ func prepare(t *testing.T, c *harness.Client, spec harness.TaskSpec) *harness.Ta
 	if spec.Task == "" {
 		spec.Task = "app"
 	}
-	task, err := c.PrepareTask(t.TempDir(), spec)
+	dir := t.TempDir()
+	task, err := c.PrepareTask(dir, spec)
 	if err != nil {
 		t.Fatalf("prepare task: %v", err)
 	}
 	t.Cleanup(task.Logs.Close)
+	if os.Getuid() != 0 {
+		// Containers run as root and leave root-owned files in the alloc
+		// dir; remove them from a container before TempDir's cleanup.
+		t.Cleanup(func() { removeAsRoot(dir) })
+	}
 	return task
+}
+
+func removeAsRoot(dir string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	resp, err := dockerCli.ContainerCreate(ctx, &container.Config{Image: testImage, Cmd: []string{"rm", "-rf", "/d/alloc"}},
+		&container.HostConfig{Binds: []string{dir + ":/d"}, NetworkMode: "none"}, nil, nil, "")
+	if err != nil {
+		return
+	}
+	defer func() { _ = dockerCli.ContainerRemove(context.Background(), resp.ID, container.RemoveOptions{Force: true}) }()
+	if err := dockerCli.ContainerStart(ctx, resp.ID, container.StartOptions{}); err != nil {
+		return
+	}
+	waitC, errC := dockerCli.ContainerWait(ctx, resp.ID, container.WaitConditionNotRunning)
+	select {
+	case <-waitC:
+	case <-errC:
+	}
 }
 
 // start prepares and starts a task, and destroys it at cleanup.

@@ -62,6 +62,22 @@ func TestExecConformance(t *testing.T) {
 			t.Errorf("exit %d stdout %q", res.ExitCode, e.Stdout())
 		}
 	})
+	// Nomad's exec conformance shape: output of a background child that
+	// outlives the exec'd process still arrives.
+	t.Run("notty: a child outliving the command", func(t *testing.T) {
+		e, res := run(t, false, nil, "", true, "sh", "-c", "( (sleep 1; echo from a child) & ); echo from main; exec sleep 0.2")
+		if res.ExitCode != 0 || !strings.Contains(e.Stdout(), "from main") || !strings.Contains(e.Stdout(), "from a child") {
+			t.Errorf("exit %d stdout %q", res.ExitCode, e.Stdout())
+		}
+	})
+	// With a tty, a child outliving the command is hung up with the
+	// terminal, as on any terminal; children the command waits for report.
+	t.Run("tty: children of the command", func(t *testing.T) {
+		e, res := run(t, true, &plugin.TermSize{Height: 24, Width: 80}, "", false, "sh", "-c", "(sleep 0.3; echo from a child) & echo from main; wait")
+		if res.ExitCode != 0 || !strings.Contains(e.Stdout(), "from main") || !strings.Contains(e.Stdout(), "from a child") {
+			t.Errorf("exit %d stdout %q", res.ExitCode, e.Stdout())
+		}
+	})
 	t.Run("notty: not a terminal", func(t *testing.T) {
 		e, _ := run(t, false, nil, "", true, "sh", "-c", "test -t 0 && echo tty || echo notty")
 		if strings.TrimSpace(e.Stdout()) != "notty" {

@@ -211,6 +211,18 @@ func (d *Driver) removeHandle(id string) {
 	d.mu.Unlock()
 }
 
+// handleOfContainer returns the tracked task running in a container.
+func (d *Driver) handleOfContainer(id string) *taskHandle {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	for _, h := range d.tasks {
+		if h.containerID == id {
+			return h
+		}
+	}
+	return nil
+}
+
 // knownContainers returns the container ids of all tracked tasks.
 func (d *Driver) knownContainers() map[string]bool {
 	d.mu.RLock()

@@ -112,7 +112,9 @@ func removeAsRoot(dir string) {
 	if err != nil {
 		return
 	}
-	defer func() { _ = dockerCli.ContainerRemove(context.Background(), resp.ID, container.RemoveOptions{Force: true}) }()
+	defer func() {
+		_ = dockerCli.ContainerRemove(context.Background(), resp.ID, container.RemoveOptions{Force: true})
+	}()
 	if err := dockerCli.ContainerStart(ctx, resp.ID, container.StartOptions{}); err != nil {
 		return
 	}

@@ -383,3 +383,25 @@ func TestRecoverByLabel(t *testing.T) {
 		t.Errorf("exec: %d %q", code, out)
 	}
 }
+
+// Nomad restarting a task of the same allocation reuses the container
+// name; an exited earlier attempt that was not destroyed is replaced.
+func TestRestartAttemptReplacesExitedContainer(t *testing.T) {
+	c := startAgent(t, "")
+	first := start(t, c, harness.TaskSpec{Config: appConfig(`args = ["/testapp", "exit", "1"]`)})
+	waitExit(t, c, first, 30*time.Second)
+	spec := first.Spec
+	spec.Config = appConfig(sleepArgs)
+	second := start(t, c, spec) // same alloc and task name, new task id
+	if info := containerOf(t, second); !info.State.Running {
+		t.Errorf("second attempt not running: %+v", info.State)
+	}
+	if n := containersOfAlloc(t, spec.AllocID); n != 1 {
+		t.Errorf("%d containers for the allocation, want 1", n)
+	}
+	// A running attempt is never replaced.
+	third := prepare(t, c, spec)
+	if err := c.StartTask(ctxFor(t, 30*time.Second), third); err == nil || !strings.Contains(err.Error(), "still runs") {
+		t.Errorf("replacing a running attempt: %v", err)
+	}
+}

@@ -155,8 +155,9 @@ func classifyStartError(err error) error {
 }
 
 // removeStale removes a container with our name left by an earlier attempt
-// whose plugin was lost, but only if it carries our labels and no tracked
-// task owns it.
+// of the same task: one whose plugin was lost (labelled ours, untracked),
+// or an exited attempt Nomad restarts without destroying first. A running
+// tracked container is never touched.
 func (d *Driver) removeStale(ctx context.Context, name string) error {
 	cli, err := d.client()
 	if err != nil {
@@ -167,12 +168,17 @@ func (d *Driver) removeStale(ctx context.Context, name string) error {
 	if err != nil {
 		return fmt.Errorf("listing containers: %w", err)
 	}
-	known := d.knownContainers()
 	for _, c := range list {
-		if known[c.ID] {
-			return fmt.Errorf("container %s is still owned by a running task", name)
+		if owner := d.handleOfContainer(c.ID); owner != nil {
+			if _, _, done := owner.exitResult(); !done {
+				return fmt.Errorf("container %s still runs task %s", name, owner.taskID)
+			}
+			owner.logger.stop(time.Second)
+			owner.cancel()
+			d.removeHandle(owner.taskID)
+			d.images.release(owner.state.Image, owner.state.Pulled) //nolint:contextcheck // removal is delayed past this RPC
 		}
-		d.logger.Info("removing stale container of a lost task", "container", shortID(c.ID), "name", name)
+		d.logger.Info("removing the container of an earlier attempt", "container", shortID(c.ID), "name", name)
 		if err := cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true}); err != nil && !cerrdefs.IsNotFound(err) {
 			return fmt.Errorf("removing stale container %s: %w", name, err)
 		}

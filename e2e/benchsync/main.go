@@ -85,7 +85,7 @@ var (
 	stSamples  = flag.Int("syncthing-samples", 20, "4 KiB writes timed for Syncthing")
 	pageWrites = flag.Int("page-writes", 1000, "random 4 KiB page writes in the delta test")
 	workdir    = flag.String("workdir", "", "scratch directory (default: a new temp dir, removed afterwards)")
-	rounds     = flag.Int("rounds", 2, "alternating initial-sync rounds (best counts)")
+	rounds     = flag.Int("rounds", 3, "alternating initial-sync rounds (best counts)")
 	skipST     = flag.Bool("skip-syncthing", false, "do not run Syncthing")
 	verbose    = flag.Bool("v", false, "show child logs")
 )
@@ -198,8 +198,9 @@ func bench(ctx context.Context, base string, r *results) error {
 	// Syncer: master on src, two clones. The master has scanned before the
 	// clock starts, like a running rsync daemon. Initial syncs are timed in
 	// alternating rounds (syncer, rsync, syncer, rsync, ...) and the best
-	// round of each counts: first-touch costs of a VM's memory and writeback
-	// of earlier phases otherwise favour whichever tool runs later.
+	// round of each counts, and the order alternates: first-touch costs of a
+	// VM's memory and writeback of earlier phases otherwise favour whichever
+	// tool runs later.
 	m, err := startSyncer(ctx, "master", src, "")
 	if err != nil {
 		return err
@@ -209,29 +210,46 @@ func bench(ctx context.Context, base string, r *results) error {
 	// end (deleting on a filesystem mounted with discard slows the next
 	// writer down).
 	for round := 0; round < *rounds; round++ {
-		syscall.Sync()
-		t0 := time.Now()
-		c1, err := startSyncer(ctx, "clone1", filepath.Join(base, fmt.Sprintf("round%d-syncer", round)), m.listen)
-		if err != nil {
+		oursRound := func() error {
+			syscall.Sync()
+			t0 := time.Now()
+			c1, err := startSyncer(ctx, "clone1", filepath.Join(base, fmt.Sprintf("round%d-syncer", round)), m.listen)
+			if err != nil {
+				return err
+			}
+			if err := c1.waitSynced(ctx, 20*time.Minute); err != nil {
+				return err
+			}
+			d := time.Since(t0)
+			c1.stop()
+			logf("round %d: syncer initial sync %v", round+1, d)
+			if r.ours == 0 || d < r.ours {
+				r.ours = d
+			}
+			return nil
+		}
+		rsyncRound := func() error {
+			syscall.Sync()
+			d, err := rsyncBench(ctx, base, src, filepath.Join(base, fmt.Sprintf("round%d-rsync", round)))
+			if err != nil {
+				return fmt.Errorf("rsync: %w", err)
+			}
+			logf("round %d: rsync initial sync %v", round+1, d)
+			if r.rsync == 0 || d < r.rsync {
+				r.rsync = d
+			}
+			return nil
+		}
+		// Alternate who goes first.
+		first, second := oursRound, rsyncRound
+		if round%2 == 1 {
+			first, second = rsyncRound, oursRound
+		}
+		if err := first(); err != nil {
 			return err
 		}
-		if err := c1.waitSynced(ctx, 20*time.Minute); err != nil {
+		if err := second(); err != nil {
 			return err
-		}
-		d := time.Since(t0)
-		c1.stop()
-		logf("round %d: syncer initial sync %v", round+1, d)
-		if r.ours == 0 || d < r.ours {
-			r.ours = d
-		}
-		syscall.Sync()
-		d, err = rsyncBench(ctx, base, src, filepath.Join(base, fmt.Sprintf("round%d-rsync", round)))
-		if err != nil {
-			return fmt.Errorf("rsync: %w", err)
-		}
-		logf("round %d: rsync initial sync %v", round+1, d)
-		if r.rsync == 0 || d < r.rsync {
-			r.rsync = d
 		}
 	}
 	c1, err := startSyncer(ctx, "clone1", c1dir, m.listen)

@@ -1,6 +1,7 @@
 package driver_test
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -10,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/docker/docker/api/types/image"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin/harness"
@@ -350,6 +353,7 @@ func TestOptionForcePullAndLocalImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := startAgent(t, "")
+	t.Cleanup(func() { _, _ = dockerCli.ImageRemove(context.Background(), ref, image.RemoveOptions{}) })
 	start(t, c, harness.TaskSpec{Config: fmt.Sprintf("image = %q\n%s", ref, sleepArgs)})
 	forced := prepare(t, c, harness.TaskSpec{Config: fmt.Sprintf("image = %q\nforce_pull = true\n%s", ref, sleepArgs)})
 	err := c.StartTask(ctxFor(t, 60*time.Second), forced)

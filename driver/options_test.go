@@ -292,7 +292,10 @@ func TestOptionInit(t *testing.T) {
 
 func TestOptionTTY(t *testing.T) {
 	c := startAgent(t, "")
-	task := start(t, c, harness.TaskSpec{Config: appConfig(`tty = true`, `args = ["sh", "-c", "test -t 1 && echo on-a-tty; /testapp log 2"]`)})
+	task := start(t, c, harness.TaskSpec{Config: appConfig(`tty = true`, `interactive = true`, `args = ["sh", "-c", "test -t 1 && echo on-a-tty; /testapp log 2"]`)})
+	if cfg := containerOf(t, task).Config; !cfg.Tty || !cfg.OpenStdin {
+		t.Errorf("tty %v interactive %v", cfg.Tty, cfg.OpenStdin)
+	}
 	waitExit(t, c, task, 30*time.Second)
 	if err := task.Logs.WaitFor("line 2", 5*time.Second); err != nil {
 		t.Fatal(err)

@@ -7,7 +7,7 @@
 # $BEDROCK_CACHE/dockerd.log, and waits until `docker info` works (extra dockerd flags: $BEDROCK_DOCKERD_ARGS).
 #
 # Usage: scripts/prereqs.sh [test] [proto] [docker] [--check]
-#   test    (default) docker engine + iproute2, rsync, syncthing (tests and benches)
+#   test    (default) docker engine + iproute2, rsync, syncthing, busybox-static (tests and benches)
 #   docker  the docker engine only
 #   proto   protobuf-compiler (for `make proto`)
 #   --check only report, never install or start anything
@@ -46,6 +46,13 @@ if [ "$want_tools" = 1 ]; then
   need ip iproute2
   need rsync rsync
   need syncthing syncthing
+  # the driver's test image copies a static busybox (sh, stty) next to the test app
+  if [ -x /bin/busybox ] && dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'; then
+    log "ok: static busybox (/bin/busybox)"
+  else
+    log "missing: static /bin/busybox (Debian package busybox-static)"
+    missing_pkgs+=(busybox-static)
+  fi
 fi
 if [ "$want_proto" = 1 ]; then need protoc protobuf-compiler; fi
 # the docker CLI may exist without an engine; docker.io brings both

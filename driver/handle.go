@@ -48,6 +48,11 @@ type driverState struct {
 	PercentTicks float64          `json:"percent_ticks"`
 	PortMap      map[string]int32 `json:"port_map,omitempty"`
 	NetworkIP    string           `json:"network_ip,omitempty"`
+	// Gated marks an app task whose container runs only while the local
+	// syncer announces master (see gate.go).
+	Gated bool `json:"gated,omitempty"`
+	// running is set by RecoverTask for a gated container found running.
+	running bool
 }
 
 func (s *driverState) encode() ([]byte, error) {
@@ -108,7 +113,11 @@ func newTaskHandle(d *Driver, taskID string, st driverState, lp *loggerProc) *ta
 		exited:      make(chan struct{}),
 		cancel:      cancel,
 	}
-	go h.watch(ctx)
+	if st.Gated {
+		go h.runGated(ctx, st.running)
+	} else {
+		go h.watch(ctx)
+	}
 	return h
 }
 

@@ -80,6 +80,7 @@ func (d *Driver) RecoverTask(ctx context.Context, handle *plugin.TaskHandle) err
 			st.LoggerPID = lp.pid
 		}
 	}
+	st.running = info.State != nil && info.State.Running
 	h := newTaskHandle(d, taskID, *st, lp) //nolint:contextcheck // the task outlives this RPC: it hangs off the plugin's context
 	d.storeHandle(h)
 	d.images.acquire(st.Image)

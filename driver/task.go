@@ -92,9 +92,14 @@ func (d *Driver) StartTask(ctx context.Context, cfg *plugin.TaskConfig) (*plugin
 			st.CPUShares = r.CPUShares
 		}
 	}
-	if err := cli.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
-		cleanup()
-		return nil, nil, classifyStartError(err)
+	// In an allocation with a syncer the container waits for the gate
+	// (gate.go); otherwise it starts now.
+	st.Gated = kind != kindSyncer && isGated(cfg.AllocDir)
+	if !st.Gated {
+		if err := cli.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
+			cleanup()
+			return nil, nil, classifyStartError(err)
+		}
 	}
 	st.StartedAt = time.Now()
 	if info, err := cli.ContainerInspect(ctx, created.ID); err == nil {
@@ -110,7 +115,7 @@ func (d *Driver) StartTask(ctx context.Context, cfg *plugin.TaskConfig) (*plugin
 	// The follower starts after the container: with since unset it reads
 	// the log from its beginning, so early lines are not lost.
 	var lp *loggerProc
-	if cfg.StdoutPath != "" && cfg.StderrPath != "" {
+	if !st.Gated && cfg.StdoutPath != "" && cfg.StderrPath != "" {
 		if lp, err = d.startLogger(&st); err != nil {
 			cleanup()
 			return nil, nil, plugin.NewRecoverableError(err)
@@ -127,7 +132,11 @@ func (d *Driver) StartTask(ctx context.Context, cfg *plugin.TaskConfig) (*plugin
 	d.storeHandle(h)
 	d.images.acquire(ref)
 	d.reconcile.sawNode(nodeLabel(cfg))
-	d.emit(h, "Started container %s", shortID(created.ID))
+	if st.Gated {
+		d.emit(h, "Created container %s; it runs while this instance is master", shortID(created.ID))
+	} else {
+		d.emit(h, "Started container %s", shortID(created.ID))
+	}
 	d.logger.Info("started task", "task_id", cfg.ID, "container", shortID(created.ID), "image", ref)
 
 	return &plugin.TaskHandle{
@@ -214,6 +223,12 @@ func (d *Driver) StopTask(ctx context.Context, taskID string, timeout time.Durat
 		return nil
 	}
 	if _, _, done := h.exitResult(); done {
+		return nil
+	}
+	if h.state.Gated && !h.containerRunning(ctx) {
+		// A clone's app: nothing runs, so stopping is ending the gate.
+		h.cancel()
+		h.setExit(&plugin.ExitResult{})
 		return nil
 	}
 	if signal == "" {

@@ -24,6 +24,8 @@ import (
 
 	"github.com/docker/docker/api/types/build"
 	"github.com/docker/docker/client"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin/harness"
 )
 
 // Repository is the image name; the tag is the content hash.
@@ -52,29 +54,12 @@ func Build(ctx context.Context) (string, error) {
 	return result, errRes
 }
 
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", fmt.Errorf("working directory: %w", err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.mod above the working directory")
-		}
-		dir = parent
-	}
-}
-
 func buildImage(ctx context.Context) (string, error) {
 	busybox, err := os.ReadFile(BusyboxPath)
 	if err != nil {
 		return "", fmt.Errorf("test image needs a static busybox at %s (Debian: apt-get install busybox-static): %w", BusyboxPath, err)
 	}
-	root, err := moduleRoot()
+	root, err := harness.ModuleRoot()
 	if err != nil {
 		return "", err
 	}

@@ -1,0 +1,211 @@
+// Package election turns the Consul lease (syncer/lease) into the syncer's
+// role and announces that role to the driver (syncer/announce).
+//
+// Ordering is the point of this package. On losing the lease the
+// announcement "not master" goes out before anything else, so the driver
+// stops the app while the old deadline still protects the handover. On
+// winning, the syncer is switched to master first and the app is announced
+// only once the syncer serves as master, i.e. after it applied everything it
+// held. On a graceful stop the announcement goes out first, then the
+// elector waits (bounded by the deadline) for the driver to report the app
+// stopped, and only then releases the lock so a clone takes over at once.
+package election
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/announce"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/lease"
+)
+
+// Role is what the syncer should be; it mirrors syncer.Role without
+// importing the syncer (which imports this package for its CLI).
+type Role struct {
+	Master     bool
+	Term       uint64
+	MasterAddr string
+}
+
+// Local is the elector's view of the local syncer.
+type Local interface {
+	// Info is this instance's candidacy: id, address, position, caught-up.
+	Info() lease.Info
+	// Serving reports whether the syncer acts as master at term.
+	Serving(term uint64) bool
+}
+
+// Config configures an Elector.
+type Config struct {
+	Leaser    lease.Leaser
+	Announcer *announce.Announcer
+	Local     Local
+	Logger    hclog.Logger
+	// PromoteTimeout bounds the wait for the syncer to serve as master
+	// after winning (default 10s); past it the lease is released.
+	PromoteTimeout time.Duration
+}
+
+// Elector runs the election for one instance.
+type Elector struct {
+	cfg   Config
+	log   hclog.Logger
+	roles chan Role
+}
+
+// New returns an Elector; call Run, and feed Roles to the syncer.
+func New(cfg Config) (*Elector, error) {
+	if cfg.Leaser == nil || cfg.Announcer == nil || cfg.Local == nil {
+		return nil, errors.New("election: leaser, announcer and local syncer are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.PromoteTimeout <= 0 {
+		cfg.PromoteTimeout = 10 * time.Second
+	}
+	return &Elector{cfg: cfg, log: cfg.Logger, roles: make(chan Role, 1)}, nil
+}
+
+// Roles delivers role changes; a slow reader only sees the latest.
+func (e *Elector) Roles() <-chan Role { return e.roles }
+
+func (e *Elector) send(r Role) {
+	for {
+		select {
+		case e.roles <- r:
+			return
+		default:
+		}
+		select {
+		case <-e.roles:
+		default:
+		}
+	}
+}
+
+func (e *Elector) announce(role announce.Role, term uint64, deadline time.Time, masterAddr, msg string) {
+	info := e.cfg.Local.Info()
+	e.cfg.Announcer.Set(announce.State{
+		Role: role, Term: term, Deadline: deadline, MasterAddr: masterAddr, Message: msg,
+		Position: announce.Position{Term: info.Position.Term, Seq: info.Position.Seq},
+		CaughtUp: info.CaughtUp,
+	})
+}
+
+// Run campaigns until ctx ends, following the master while not holding
+// the lock. It returns after the graceful hand-over.
+func (e *Elector) Run(ctx context.Context) error {
+	e.announce(announce.RoleCandidate, 0, time.Time{}, "", "waiting for the election")
+	for {
+		// Follow the holder while campaigning; stop following while master.
+		fctx, stopFollow := context.WithCancel(ctx)
+		go e.follow(fctx)
+		l, err := lease.Campaign(ctx, e.cfg.Leaser, e.cfg.Local.Info, e.log)
+		stopFollow()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil //nolint:nilerr // a campaign ended by our own stop is not an error
+			}
+			return fmt.Errorf("election: %w", err)
+		}
+		if err := e.serve(ctx, l); err != nil {
+			return err
+		}
+		if ctx.Err() != nil {
+			return nil //nolint:nilerr // stopping is the normal end
+		}
+	}
+}
+
+// follow turns the lock holder into a clone role while we do not hold it.
+func (e *Elector) follow(ctx context.Context) {
+	for h := range e.cfg.Leaser.Watch(ctx) {
+		if !h.Held || h.Info.ID == e.cfg.Local.Info().ID {
+			continue
+		}
+		e.send(Role{Master: false, Term: h.Term, MasterAddr: h.Info.Address})
+		e.announce(announce.RoleClone, h.Term, time.Time{}, h.Info.Address, fmt.Sprintf("following %s (term %d)", h.Info.Address, h.Term))
+	}
+}
+
+// serve is one mastership, from winning the lease to losing or releasing it.
+func (e *Elector) serve(ctx context.Context, l lease.Lease) error {
+	term := l.Term()
+	e.send(Role{Master: true, Term: term})
+	// Announce only once the syncer serves as master: it has applied all
+	// it held and fenced the old term.
+	promoted := time.Now()
+	for !e.cfg.Local.Serving(term) {
+		select {
+		case <-l.Done():
+			e.demote(term, "lost the lease before serving: "+errString(l.Err()))
+			return nil
+		case <-ctx.Done():
+			return e.release(ctx, l, term)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Since(promoted) > e.cfg.PromoteTimeout {
+			e.log.Error("the syncer did not become master in time; releasing", "term", term)
+			return e.release(ctx, l, term)
+		}
+	}
+	e.log.Info("elected master", "term", term)
+	e.announce(announce.RoleMaster, term, l.Deadline(), "", fmt.Sprintf("elected master (term %d)", term))
+	for {
+		select {
+		case d := <-l.Renewed():
+			e.cfg.Announcer.Update(func(s *announce.State) {
+				if s.Role == announce.RoleMaster && s.Term == term {
+					s.Deadline = d
+				}
+			})
+		case <-l.Done():
+			e.demote(term, "lost the lease: "+errString(l.Err()))
+			return nil
+		case <-ctx.Done():
+			return e.release(ctx, l, term)
+		}
+	}
+}
+
+// demote announces first, then tells the syncer.
+func (e *Elector) demote(term uint64, why string) {
+	e.log.Warn("demoted", "term", term, "reason", why)
+	e.announce(announce.RoleClone, term, time.Time{}, "", "demoted: "+why)
+	e.send(Role{Master: false, Term: term})
+}
+
+// release hands over gracefully: announce, wait for the app to stop
+// (bounded by the deadline), then release the lock.
+func (e *Elector) release(ctx context.Context, l lease.Lease, term uint64) error {
+	// ctx has ended (that is why we release): the hand-over runs on its
+	// own bounded contexts.
+	ctx = context.WithoutCancel(ctx)
+	e.announce(announce.RoleClone, term, time.Time{}, "", "stepping down")
+	wctx, cancel := context.WithDeadline(ctx, l.Deadline().Add(time.Second))
+	defer cancel()
+	if err := e.cfg.Announcer.WaitAppStopped(wctx); err != nil && !errors.Is(err, announce.ErrNoGate) {
+		// Without confirmation the deadline still protects: Release only
+		// after it has passed.
+		time.Sleep(time.Until(l.Deadline()))
+	}
+	rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer rcancel()
+	if err := l.Release(rctx); err != nil {
+		return fmt.Errorf("election: releasing the lock: %w", err)
+	}
+	e.log.Info("released the lock", "term", term)
+	return nil
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "released"
+	}
+	return err.Error()
+}

@@ -24,6 +24,9 @@ const DefaultSecretEnv = "BEDROCK_SYNC_SECRET"
 // 0 after ctx ends, 1 on a runtime error, 2 on bad usage. Logs are hclog
 // JSON on stderr; stdout only gets status lines when -status-every is set.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if usesConsul(args) {
+		return mainConsul(ctx, args, stderr)
+	}
 	fs := flag.NewFlagSet("syncer", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	data := fs.String("data", "", "data directory to replicate (required)")

@@ -46,7 +46,7 @@ func gateMarkerPath(allocDir string) string {
 }
 
 // markGated records that the allocation's app tasks are gated.
-func markGated(allocDir string) error { //nolint:unused // called by the syncer task (next)
+func markGated(allocDir string) error {
 	p := gateMarkerPath(allocDir)
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil { //nolint:gosec // Nomad's alloc layout
 		return fmt.Errorf("gate marker: %w", err)

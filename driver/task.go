@@ -31,7 +31,9 @@ func (d *Driver) StartTask(ctx context.Context, cfg *plugin.TaskConfig) (*plugin
 		return nil, nil, err
 	}
 	if kind == kindSyncer {
-		return nil, nil, plugin.NewFatalError(errors.New("syncer tasks are not supported by this build of the bedrock driver yet; run the app task alone (no syncer block) until then"))
+		if tc, err = d.syncerContainer(ctx, cfg, tc); err != nil {
+			return nil, nil, err
+		}
 	}
 	s := d.settings()
 	ref, err := normalizeImage(tc.Image)

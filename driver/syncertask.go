@@ -1,0 +1,231 @@
+package driver
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+
+	"github.com/docker/docker/api/types/build"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin"
+)
+
+// The syncer task runs this very binary (`nomad-driver-bedrock syncer ...`)
+// in a container of its own, built locally from the binary. A container,
+// rather than a bare child process, because it gives the syncer exactly
+// what the app task already has and what a plugin restart must not break:
+// it survives the plugin being killed, is re-attached from driver_state by
+// the same recovery code, has its logs followed into Nomad's FIFOs, its
+// exit code reported, its stats measured, and Nomad's resource limits
+// applied. It uses host networking (its sync port is a Nomad host port and
+// it talks to the node's Consul agent on loopback) and sees the allocation
+// dir at /alloc like any task: the replicated data at /alloc/data and the
+// role socket in /alloc/tmp.
+
+// syncerSecretEnv carries the replication secret into the container: the
+// environment, not the command line, keeps it out of `ps` and inspect
+// output of the arguments.
+const syncerSecretEnv = "BEDROCK_SYNC_SECRET"
+
+var (
+	syncerImageMu  sync.Mutex
+	syncerImageRef string
+)
+
+// syncerImage returns the local image holding our own binary, building it
+// once per binary content: FROM scratch, so no registry is involved.
+func (d *Driver) syncerImage(ctx context.Context) (string, error) {
+	syncerImageMu.Lock()
+	defer syncerImageMu.Unlock()
+	cli, err := d.client()
+	if err != nil {
+		return "", plugin.NewRecoverableError(err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("syncer image: finding our executable: %w", err)
+	}
+	bin, err := os.ReadFile(exe) //nolint:gosec // our own executable
+	if err != nil {
+		return "", fmt.Errorf("syncer image: reading %s: %w", exe, err)
+	}
+	sum := sha256.Sum256(bin)
+	ref := "bedrock-syncer:" + hex.EncodeToString(sum[:])[:12]
+	if syncerImageRef == ref {
+		return ref, nil
+	}
+	if _, err := cli.ImageInspect(ctx, ref); err == nil {
+		syncerImageRef = ref
+		return ref, nil
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	dockerfile := []byte("FROM scratch\nCOPY nomad-driver-bedrock /nomad-driver-bedrock\nENTRYPOINT [\"/nomad-driver-bedrock\"]\n")
+	for _, f := range []struct {
+		name string
+		mode int64
+		data []byte
+	}{{"Dockerfile", 0o644, dockerfile}, {"nomad-driver-bedrock", 0o755, bin}} {
+		if err := tw.WriteHeader(&tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.data))}); err != nil {
+			return "", fmt.Errorf("syncer image: %w", err)
+		}
+		if _, err := tw.Write(f.data); err != nil {
+			return "", fmt.Errorf("syncer image: %w", err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return "", fmt.Errorf("syncer image: %w", err)
+	}
+	resp, err := cli.ImageBuild(ctx, &buf, build.ImageBuildOptions{
+		Tags: []string{ref}, Remove: true, ForceRemove: true,
+		Labels: map[string]string{labelManaged: "true", "com.bedrock-nomad.syncer": "true"},
+	})
+	if err != nil {
+		return "", plugin.NewRecoverableError(fmt.Errorf("building the syncer image: %w", err))
+	}
+	defer func() { _ = resp.Body.Close() }()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		var msg struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(sc.Bytes(), &msg) == nil && msg.Error != "" {
+			return "", fmt.Errorf("building the syncer image: %s", msg.Error)
+		}
+	}
+	if err := sc.Err(); err != nil && !errors.Is(err, io.EOF) {
+		return "", plugin.NewRecoverableError(fmt.Errorf("building the syncer image: %w", err))
+	}
+	syncerImageRef = ref
+	d.logger.Info("built the syncer image", "image", ref)
+	return ref, nil
+}
+
+// syncerContainer turns a syncer task's config into the container task
+// config that runs it, and marks the allocation gated so the app task
+// waits for the role.
+func (d *Driver) syncerContainer(ctx context.Context, cfg *plugin.TaskConfig, tc *TaskConfig) (*TaskConfig, error) {
+	sc := tc.Syncer
+	port, ok := findPort(cfg, sc.Port)
+	if !ok {
+		return nil, plugin.NewFatalError(fmt.Errorf("syncer.port: %q is not a port of the group's network block", sc.Port))
+	}
+	var metrics *plugin.PortMapping
+	if sc.MetricsPort != "" {
+		m, ok := findPort(cfg, sc.MetricsPort)
+		if !ok {
+			return nil, plugin.NewFatalError(fmt.Errorf("syncer.metrics_port: %q is not a port of the group's network block", sc.MetricsPort))
+		}
+		metrics = &m
+	}
+	secret := sc.Secret
+	if secret == "" {
+		secret = cfg.Env[syncerSecretEnv]
+	}
+	if len(secret) < 16 {
+		return nil, plugin.NewFatalError(fmt.Errorf("syncer.secret: the replication secret must be at least 16 bytes (set syncer.secret, or %s in the task environment from a Nomad variable)", syncerSecretEnv))
+	}
+	ref, err := d.syncerImage(ctx)
+	if err != nil {
+		return nil, err
+	}
+	args, err := syncerArgs(d.settings(), cfg, sc, port, metrics)
+	if err != nil {
+		return nil, err
+	}
+	if err := markGated(cfg.AllocDir); err != nil {
+		return nil, plugin.NewRecoverableError(err)
+	}
+	env := map[string]string{syncerSecretEnv: secret}
+	if tok := d.settings().consul.Token; tok != "" {
+		env[syncerConsulTokenEnv] = tok
+	}
+	return &TaskConfig{
+		Image:       ref,
+		Args:        args,
+		NetworkMode: "host",
+		Env:         env,
+		Syncer:      sc,
+	}, nil
+}
+
+func findPort(cfg *plugin.TaskConfig, label string) (plugin.PortMapping, bool) {
+	if cfg.Resources == nil {
+		return plugin.PortMapping{}, false
+	}
+	for _, p := range cfg.Resources.Ports {
+		if p.Label == label {
+			return p, true
+		}
+	}
+	return plugin.PortMapping{}, false
+}
+
+// syncerConsulTokenEnv carries the Consul token into the syncer container,
+// like the secret, out of the command line.
+const syncerConsulTokenEnv = "BEDROCK_CONSUL_TOKEN"
+
+// syncerArgs builds the syncer's command line: the data and role socket as
+// the container sees them, its replication address on the node, and the
+// election in the node's Consul agent.
+func syncerArgs(s *settings, cfg *plugin.TaskConfig, sc *SyncerConfig, port plugin.PortMapping, metrics *plugin.PortMapping) ([]string, error) {
+	hostIP := port.HostIP
+	if hostIP == "" {
+		hostIP = "0.0.0.0"
+	}
+	service := sc.Service
+	if service == "" {
+		service = cfg.JobID + "-" + cfg.Group
+	}
+	ns := cfg.Namespace
+	if ns == "" {
+		ns = "default"
+	}
+	args := []string{"syncer",
+		"-data", "/alloc/data",
+		"-listen", fmt.Sprintf("%s:%d", hostIP, port.Value),
+		"-advertise", fmt.Sprintf("%s:%d", hostIP, port.Value),
+		"-id", cfg.AllocID,
+		"-node", cfg.NodeName,
+		"-consul", s.consul.Address, "-consul-token-env", syncerConsulTokenEnv,
+		"-namespace", ns, "-job", cfg.JobID, "-group", cfg.Group,
+		"-announce", "/alloc/tmp/bedrock-role.sock",
+		"-service", service,
+	}
+	if metrics != nil {
+		args = append(args, "-metrics", fmt.Sprintf("%s:%d", hostIP, metrics.Value))
+	}
+	// The service points at the app: the group's first port (by label)
+	// that is neither the sync nor the metrics port.
+	if app, ok := appPort(cfg, sc); ok {
+		args = append(args, "-service-port", fmt.Sprint(app.Value))
+	}
+	for _, tag := range sc.Tags {
+		args = append(args, "-tag", tag)
+	}
+	return args, nil
+}
+
+func appPort(cfg *plugin.TaskConfig, sc *SyncerConfig) (plugin.PortMapping, bool) {
+	var best plugin.PortMapping
+	found := false
+	for _, p := range cfg.Resources.Ports {
+		if p.Label == sc.Port || p.Label == sc.MetricsPort {
+			continue
+		}
+		if !found || p.Label < best.Label {
+			best, found = p, true
+		}
+	}
+	return best, found
+}

@@ -15,6 +15,7 @@ import (
 	"github.com/bedrock-nomad/nomad-driver-bedrock/driver"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/jobspecs"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/status"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer"
 )
 
@@ -48,6 +49,7 @@ func commands() []command {
 		{name: "syncer", usage: "syncer -data DIR -listen ADDR [-master ADDR -term N] ...   run the replication syncer (what the syncer task runs)", run: syncer.Main},
 		{name: "validate", usage: "validate FILE...   check jobspecs against Bedrock's placement and wiring rules (-json for CI)", run: jobspecs.RunValidate},
 		{name: "init", usage: "init --image IMG --port N --data PATH [--name N]   print a starter jobspec", run: jobspecs.RunInit},
+		{name: "status", usage: "status -job NAME [-group G] [-namespace NS] [-consul ADDR] [-nomad ADDR] [-json]   show each instance's role, lag and health, and a verdict", run: status.Run},
 		{name: "version", usage: "version   print the plugin version", run: func(_ context.Context, _ []string, stdout, _ io.Writer) int {
 			_, _ = fmt.Fprintf(stdout, "nomad-driver-bedrock v%s\n", version)
 			return 0

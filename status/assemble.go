@@ -111,14 +111,13 @@ func assemble(name string, src sources) Group {
 	}
 
 	for _, in := range all {
-		switch {
-		case src.services == nil:
+		if src.services == nil {
 			in.Health = HealthUnknown
-		default:
-			in.Health = HealthUnregistered
-			if s, ok := src.services[in.ID]; ok {
-				in.Health, in.ServiceID, in.ServiceRole = s.Health, s.ID, s.Role
-			}
+			continue
+		}
+		in.Health = HealthUnregistered
+		if s, ok := src.services[in.ID]; ok {
+			in.Health, in.ServiceID, in.ServiceRole = s.Health, s.ID, s.Role
 		}
 	}
 
@@ -175,8 +174,8 @@ func roleRank(r Role) int {
 		return 0
 	case RoleClone:
 		return 1
-	case RoleDown:
-		return 2
+	case RoleAbsent:
+		return 2 // running in Nomad: more relevant than a leftover candidacy
 	default:
 		return 3
 	}

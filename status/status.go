@@ -106,9 +106,10 @@ type Instance struct {
 	// master, the most advanced position known in Consul (it is at least
 	// there: clones only hold what it sent them).
 	Position lease.Position `json:"position"`
-	// LagOps is how many operations the instance is behind the master's
-	// Position; nil for the master itself and when the instance's position
-	// is from another term (not comparable). Published positions are about a
+	// LagOps is how many operations the instance is behind the most advanced
+	// position of a live instance (the master's Position when there is a
+	// master); nil for the master itself and when the instance's position is
+	// from another term (sequences restart with each term: not comparable). Published positions are about a
 	// second old, so a small lag under steady writes is normal.
 	LagOps *uint64 `json:"lag_ops"`
 	// CaughtUp is the instance's own caught-up flag (the master always is).
@@ -145,7 +146,8 @@ type Group struct {
 	// was found).
 	Service string `json:"service,omitempty"`
 	// Instances are the rows: master first, then clones from the most caught
-	// up, then instances that are down or absent.
+	// up, then allocations without a candidacy (absent), then candidacies
+	// whose session ended (down).
 	Instances []Instance `json:"instances"`
 	// Verdict and Reasons: the group's verdict and why it is not healthy.
 	Verdict Verdict  `json:"verdict"`

@@ -197,8 +197,8 @@ func TestAssembleMasterWithoutCandidacyAndNomad(t *testing.T) {
 	want := []string{
 		"m:master:n-m:running:unknown",
 		"a:clone:n-a:running:unknown",
-		"gone:down:::unknown",
 		"new:absent:n-new:pending:unknown",
+		"gone:down:::unknown",
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("rows =\n%v\nwant\n%v", got, want)

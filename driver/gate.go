@@ -116,6 +116,14 @@ func (h *taskHandle) runGated(ctx context.Context, running bool) {
 		case <-gate.Updates():
 		case <-time.After(gatePoll):
 		case <-exitC:
+			if h.fenced.Load() {
+				// Stopped by the driver because its syncer died (fence.go):
+				// a closed gate, not the task's end.
+				running, exitC, errC = false, nil, nil
+				gate.Report(false)
+				h.d.emit(h, "App stopped: the syncer exited")
+				continue
+			}
 			// The app ended by itself while master: that is the task's exit.
 			gate.Report(false)
 			h.recordExit(ctx)
@@ -156,6 +164,7 @@ func (h *taskHandle) startGated(ctx context.Context) (<-chan container.WaitRespo
 		return nil, nil, fmt.Errorf("starting container: %w", err)
 	}
 	h.killedByUs.Store(false)
+	h.fenced.Store(false)
 	if h.state.StdoutPath != "" && h.state.StderrPath != "" {
 		h.mu.Lock()
 		old := h.logger

@@ -51,6 +51,9 @@ type driverState struct {
 	// Gated marks an app task whose container runs only while the local
 	// syncer announces master (see gate.go).
 	Gated bool `json:"gated,omitempty"`
+	// Syncer marks the syncer task: when its container dies, the driver
+	// stops the gated apps and releases the lock it held (fence.go).
+	Syncer bool `json:"syncer,omitempty"`
 	// running is set by RecoverTask for a gated container found running.
 	running bool
 }
@@ -89,6 +92,9 @@ type taskHandle struct {
 	// killedByUs is set when the driver sends SIGKILL itself, so an exit
 	// with 137 is not mistaken for a possible OOM kill.
 	killedByUs atomic.Bool
+	// fenced is set when the driver stops a gated app because its syncer
+	// died; the exit it causes closes the gate instead of ending the task.
+	fenced atomic.Bool
 
 	mu          sync.Mutex
 	exited      chan struct{}
@@ -154,6 +160,9 @@ func (h *taskHandle) watch(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-waitC:
+			if h.state.Syncer {
+				go h.d.releaseAfterSyncer(ctx, h)
+			}
 			h.recordExit(ctx)
 			return
 		case err := <-errC:

@@ -17,6 +17,8 @@ import (
 	"github.com/docker/docker/api/types/build"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/announce"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/lease"
 )
 
 // The syncer task runs this very binary (`nomad-driver-bedrock syncer ...`)
@@ -199,7 +201,8 @@ func syncerArgs(s *settings, cfg *plugin.TaskConfig, sc *SyncerConfig, port plug
 		"-node", cfg.NodeName,
 		"-consul", s.consul.Address, "-consul-token-env", syncerConsulTokenEnv,
 		"-namespace", ns, "-job", cfg.JobID, "-group", cfg.Group,
-		"-announce", "/alloc/tmp/bedrock-role.sock",
+		"-announce", "/alloc/tmp/" + announce.SocketName,
+		"-session-file", "/alloc/tmp/" + lease.SessionFileName,
 		"-service", service,
 	}
 	if metrics != nil {
@@ -209,6 +212,12 @@ func syncerArgs(s *settings, cfg *plugin.TaskConfig, sc *SyncerConfig, port plug
 	// that is neither the sync nor the metrics port.
 	if app, ok := appPort(cfg, sc); ok {
 		args = append(args, "-service-port", fmt.Sprint(app.Value))
+	}
+	if sc.SessionTTL != "" {
+		args = append(args, "-session-ttl", sc.SessionTTL)
+	}
+	if sc.LockDelay != "" {
+		args = append(args, "-lock-delay", sc.LockDelay)
 	}
 	for _, tag := range sc.Tags {
 		args = append(args, "-tag", tag)

@@ -97,6 +97,7 @@ func (d *Driver) StartTask(ctx context.Context, cfg *plugin.TaskConfig) (*plugin
 	// In an allocation with a syncer the container waits for the gate
 	// (gate.go); otherwise it starts now.
 	st.Gated = kind != kindSyncer && isGated(cfg.AllocDir)
+	st.Syncer = kind == kindSyncer
 	if !st.Gated {
 		if err := cli.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
 			cleanup()

@@ -12,6 +12,7 @@ import (
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin/hclspec"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/lease"
 )
 
 // TaskConfig is the job's task `config {}` block. Nomad has one task schema
@@ -82,6 +83,11 @@ type SyncerConfig struct {
 	Secret      string   `msgpack:"secret"`
 	Service     string   `msgpack:"service"`
 	Tags        []string `msgpack:"tags"`
+	// SessionTTL and LockDelay tune the Consul session behind the
+	// election (Go durations; defaults 3s and 2s). Consul servers refuse
+	// TTLs below their session_ttl_min (10s unless lowered).
+	SessionTTL string `msgpack:"session_ttl"`
+	LockDelay  string `msgpack:"lock_delay"`
 }
 
 // Kinds of task the schema describes.
@@ -150,6 +156,8 @@ func taskConfigSpec() *hclspec.Spec {
 			"secret":       str("secret"),
 			"service":      str("service"),
 			"tags":         strs("tags"),
+			"session_ttl":  str("session_ttl"),
+			"lock_delay":   str("lock_delay"),
 		})),
 	})
 }
@@ -174,6 +182,9 @@ func decodeTaskConfig(raw []byte) (*TaskConfig, string, error) {
 	case c.Syncer != nil:
 		if strings.TrimSpace(c.Syncer.Port) == "" {
 			return nil, "", fieldError("syncer.port", "must name a port of the group's network block")
+		}
+		if err := c.Syncer.validateTiming(); err != nil {
+			return nil, "", err
 		}
 		return &c, kindSyncer, nil
 	case strings.TrimSpace(c.Image) == "":
@@ -272,4 +283,28 @@ func (c *TaskConfig) pullTimeout(def time.Duration) time.Duration {
 		return d
 	}
 	return def
+}
+
+// validateTiming checks the session settings the way the syncer will, so
+// a bad value fails the task at once with the option's name.
+func (c *SyncerConfig) validateTiming() error {
+	var t lease.Timing
+	for _, f := range []struct {
+		name string
+		val  string
+		dst  *time.Duration
+	}{{"syncer.session_ttl", c.SessionTTL, &t.TTL}, {"syncer.lock_delay", c.LockDelay, &t.LockDelay}} {
+		if f.val == "" {
+			continue
+		}
+		d, err := time.ParseDuration(f.val)
+		if err != nil || d <= 0 {
+			return fieldError(f.name, "%q is not a positive duration (e.g. \"3s\")", f.val)
+		}
+		*f.dst = d
+	}
+	if err := t.WithDefaults().Validate(); err != nil {
+		return fieldError("syncer.session_ttl/lock_delay", "%v", err)
+	}
+	return nil
 }

@@ -59,6 +59,9 @@ func mainConsul(ctx context.Context, args []string, stderr io.Writer) int {
 	fs.Var(&tags, "tag", "a service tag only the master carries (repeatable)")
 	secretEnv := fs.String("secret-env", DefaultSecretEnv, "environment variable holding the shared secret")
 	metrics := fs.String("metrics", "", "address for /metrics and /status (optional)")
+	ttl := fs.Duration("session-ttl", lease.DefaultTiming().TTL, "Consul session TTL (the servers' session_ttl_min must allow it)")
+	lockDelay := fs.Duration("lock-delay", lease.DefaultTiming().LockDelay, "Consul lock-delay: how long a lost lock stays blocked")
+	sessionFile := fs.String("session-file", "", "where to record the Consul session, so the driver can release the lock if this process dies (optional)")
 	level := fs.String("log-level", "info", "log level")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -87,7 +90,17 @@ func mainConsul(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "syncer: consul: %v\n", err)
 		return 2
 	}
-	leaser, err := lease.NewConsul(ctx, lease.ConsulConfig{Client: client, Namespace: *ns, Job: *job, Group: *group, ID: *id, Logger: log.Named("lease")})
+	lcfg := lease.ConsulConfig{Client: client, Namespace: *ns, Job: *job, Group: *group, ID: *id, Logger: log.Named("lease"),
+		Timing: lease.Timing{TTL: *ttl, LockDelay: *lockDelay}}
+	if *sessionFile != "" {
+		key := lease.KeyPrefix("", *ns, *job, *group) + "/leader"
+		lcfg.OnSession = func(session string) {
+			if err := lease.WriteSessionRecord(*sessionFile, lease.SessionRecord{Session: session, LeaderKey: key}); err != nil {
+				log.Warn("recording the session failed: if this process dies, the group waits for the session's TTL", "error", err)
+			}
+		}
+	}
+	leaser, err := lease.NewConsul(ctx, lcfg)
 	if err != nil {
 		log.Error("election unavailable", "error", err)
 		return 1

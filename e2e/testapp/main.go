@@ -37,6 +37,8 @@ func main() {
 		code = serve(args)
 	case "sleep":
 		code = sleep(args)
+	case "writer":
+		code = writer(args)
 	case "env":
 		code = printEnv()
 	case "exit":
@@ -70,6 +72,7 @@ func usage() {
 	fmt.Fprintln(os.Stderr, `usage: testapp COMMAND [args]
   serve [-addr :8080] [-data /data]   HTTP: / ok, /write?name=&content=, /read?name=, /env
   sleep DURATION                      sleep, then exit 0
+  writer -consul ADDR -key K -id ID   append term-stamped lines to /data/writes.log and /local/witness.log
   env                                 print the environment, sorted
   exit N                              exit with code N
   spawn N                             start N sleeping children, print their pids, wait

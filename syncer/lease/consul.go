@@ -34,6 +34,11 @@ type ConsulConfig struct {
 	Checks []string
 	// Logger receives the election's logs (default: no logs).
 	Logger hclog.Logger
+	// OnSession, when set, learns every session this instance creates (the first and each
+	// replacement) before it can hold the lock with it. The syncer task writes it into the
+	// allocation so the driver can release the lock at once if the syncer dies (see
+	// ReleaseAbandoned) instead of everyone waiting out the TTL and the lock-delay.
+	OnSession func(id string)
 }
 
 // Consul is the Leaser backed by a Consul session, the lock key
@@ -106,6 +111,9 @@ func NewConsul(ctx context.Context, cfg ConsulConfig) (*Consul, error) {
 		return nil, err
 	}
 	c.session, c.lastOK = id, sent
+	if cfg.OnSession != nil {
+		cfg.OnSession(id)
+	}
 	// the session outlives the creation request: keep ctx's values, not its cancellation
 	life, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	c.ctx, c.cancel = life, cancel
@@ -246,6 +254,9 @@ func (c *Consul) replaceSession(ctx context.Context, old string, cause error) {
 		id, err := c.createSession(cctx)
 		cancel()
 		if err == nil {
+			if c.cfg.OnSession != nil {
+				c.cfg.OnSession(id)
+			}
 			c.mu.Lock()
 			c.session, c.lastOK = id, sent
 			pub := c.published

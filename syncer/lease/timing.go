@@ -103,6 +103,10 @@ func DefaultTiming() Timing {
 	}
 }
 
+// WithDefaults fills zero fields from DefaultTiming, so a partial setting
+// (just a TTL, say) can be validated as the lease will use it.
+func (t Timing) WithDefaults() Timing { return t.withDefaults() }
+
 // withDefaults fills zero fields from DefaultTiming.
 func (t Timing) withDefaults() Timing {
 	d := DefaultTiming()

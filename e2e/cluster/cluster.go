@@ -1,0 +1,497 @@
+// Package cluster runs a whole Bedrock group on one machine, with every part real except Nomad:
+// a Consul dev server plus one Consul client agent per node (e2e/consul), one plugin per node
+// driven through plugin/harness exactly as a Nomad client drives it, the real Docker engine,
+// and per node one allocation of a group with a syncer task and an app task. The app is the
+// test image's writer, which stamps every write with the term it saw, so that faults can be
+// injected and the invariants checked from the writes themselves (see check.go).
+//
+// What the harness does not do, this package does in Nomad's place: it restarts a syncer task
+// that died (restart block), stops the allocation's sidecar when its main task failed for good
+// (Nomad kills sidecars once the main tasks are dead) and places a replacement allocation.
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/client"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/consul"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/testimage"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin/harness"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/lease"
+)
+
+// Options shape a cluster.
+type Options struct {
+	// Nodes is the number of nodes (default 3).
+	Nodes int
+	// Job and Group name the group (defaults "writer", "db").
+	Job, Group string
+	// SessionTTL and LockDelay are the syncer block's settings ("" = Bedrock's defaults).
+	SessionTTL, LockDelay string
+	// WriteEvery is the writer's pace (default 20ms).
+	WriteEvery time.Duration
+	// RestartDelay is the restart block's delay for a failed syncer task (default 1s).
+	RestartDelay time.Duration
+	// Logf receives progress lines (default: t.Logf).
+	Logf func(format string, args ...any)
+}
+
+// Cluster is a running group; see Start.
+type Cluster struct {
+	T      testing.TB
+	Opts   Options
+	Consul *consul.Cluster
+	Nodes  []*Node
+	Docker *client.Client
+	// LeaderKey is the group's lock key.
+	LeaderKey string
+
+	image, plugin, secret string
+	history               *History
+	ctx                   context.Context
+	cancel                context.CancelFunc
+}
+
+// Node is one Nomad client node: its Consul agent, its plugin and its allocations.
+type Node struct {
+	C     *Cluster
+	Index int
+	Name  string
+	// IP is the node's loopback address (its Consul agent's).
+	IP    string
+	Agent *harness.Client
+	root  string
+
+	mu     sync.Mutex
+	allocs []*Alloc
+}
+
+// Alloc is one allocation of the group on a node.
+type Alloc struct {
+	Node   *Node
+	ID     string
+	Dir    string
+	ports  []harness.Port
+	mu     sync.Mutex
+	syncer *harness.Task
+	app    *harness.Task
+	// stopped is set once the allocation was stopped on purpose or failed for good.
+	stopped bool
+	done    chan struct{}
+}
+
+// Start brings up Consul, the plugins and one allocation per node, and waits for a master.
+func Start(t testing.TB, opts Options) *Cluster {
+	t.Helper()
+	if opts.Nodes == 0 {
+		opts.Nodes = 3
+	}
+	if opts.Job == "" {
+		opts.Job = "writer"
+	}
+	if opts.Group == "" {
+		opts.Group = "db"
+	}
+	if opts.WriteEvery == 0 {
+		opts.WriteEvery = 20 * time.Millisecond
+	}
+	if opts.RestartDelay == 0 {
+		opts.RestartDelay = time.Second
+	}
+	if opts.Logf == nil {
+		opts.Logf = t.Logf
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &Cluster{T: t, Opts: opts, ctx: ctx, cancel: cancel, secret: "e2e-secret-" + harness.NewAllocID()[:16]}
+	c.LeaderKey = lease.KeyPrefix("", "default", opts.Job, opts.Group) + "/leader"
+
+	c.Consul = consul.Start(t, consul.WithClients(opts.Nodes))
+	bctx, bcancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer bcancel()
+	var err error
+	if c.image, err = testimage.Build(bctx); err != nil {
+		t.Fatalf("cluster: test image: %v", err)
+	}
+	if c.plugin, err = harness.BuildPlugin(); err != nil {
+		t.Fatalf("cluster: plugin: %v", err)
+	}
+	if c.Docker, err = client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation()); err != nil {
+		t.Fatalf("cluster: docker: %v", err)
+	}
+	c.history = watchHistory(ctx, c.Consul.Client(), c.LeaderKey)
+	t.Cleanup(c.stop)
+
+	for i := 0; i < opts.Nodes; i++ {
+		agent := c.Consul.Clients[i]
+		n := &Node{C: c, Index: i, Name: fmt.Sprintf("node-%d", i+1), IP: agent.IP, root: t.TempDir()}
+		if err := n.startAgent(bctx); err != nil {
+			t.Fatalf("cluster: %s: %v", n.Name, err)
+		}
+		c.Nodes = append(c.Nodes, n)
+	}
+	for _, n := range c.Nodes {
+		if _, err := n.StartAlloc(bctx); err != nil {
+			t.Fatalf("cluster: %s: %v", n.Name, err)
+		}
+	}
+	if _, err := c.WaitMaster(bctx, 0, time.Minute); err != nil {
+		t.Fatalf("cluster: %v", err)
+	}
+	return c
+}
+
+func (c *Cluster) stop() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, n := range c.Nodes {
+		for _, a := range n.Allocs() {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				a.destroy(ctx)
+			}()
+		}
+	}
+	wg.Wait()
+	for _, n := range c.Nodes {
+		if n.Agent != nil {
+			n.Agent.Stop(ctx)
+		}
+	}
+	c.cancel()
+}
+
+func (n *Node) pluginHCL() string {
+	return fmt.Sprintf("gc {\n  image = false\n}\nconsul {\n  address = %q\n}\n", n.C.Consul.Clients[n.Index].HTTPAddr)
+}
+
+func (n *Node) startAgent(ctx context.Context) error {
+	agent, err := harness.StartAgent(ctx, harness.Options{Binary: n.C.plugin}, n.pluginHCL())
+	if err != nil {
+		return fmt.Errorf("plugin: %w", err)
+	}
+	n.Agent = agent
+	return nil
+}
+
+// ConsulAddr is the node's Consul agent HTTP address.
+func (n *Node) ConsulAddr() string { return n.C.Consul.Clients[n.Index].HTTPAddr }
+
+// Allocs returns the node's allocations, oldest first.
+func (n *Node) Allocs() []*Alloc {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]*Alloc(nil), n.allocs...)
+}
+
+// Current is the node's newest allocation.
+func (n *Node) Current() *Alloc {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if len(n.allocs) == 0 {
+		return nil
+	}
+	return n.allocs[len(n.allocs)-1]
+}
+
+// StartAlloc places a new allocation of the group on the node (a fresh alloc dir: the
+// replacement Nomad schedules) and starts its syncer and app tasks.
+func (n *Node) StartAlloc(ctx context.Context) (*Alloc, error) {
+	id := harness.NewAllocID()
+	a := &Alloc{Node: n, ID: id, Dir: filepath.Join(n.root, "alloc", id), done: make(chan struct{})}
+	for _, label := range []string{"sync", "http"} {
+		v, err := harness.FreePort(n.IP)
+		if err != nil {
+			return nil, fmt.Errorf("port: %w", err)
+		}
+		a.ports = append(a.ports, harness.Port{Label: label, Value: v, HostIP: n.IP})
+	}
+	n.mu.Lock()
+	n.allocs = append(n.allocs, a)
+	n.mu.Unlock()
+	if err := a.startSyncer(ctx); err != nil {
+		return nil, err
+	}
+	if err := a.startApp(ctx); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+func (a *Alloc) spec(task, cfg string) harness.TaskSpec {
+	c := a.Node.C
+	return harness.TaskSpec{Job: c.Opts.Job, Group: c.Opts.Group, Task: task, AllocID: a.ID, Ports: a.ports,
+		NodeName: a.Node.Name, NodeID: "node-id-" + a.Node.Name, Config: cfg, MemoryMB: 128}
+}
+
+func (a *Alloc) startSyncer(ctx context.Context) error {
+	c := a.Node.C
+	extra := ""
+	if c.Opts.SessionTTL != "" {
+		extra += fmt.Sprintf("\n  session_ttl = %q", c.Opts.SessionTTL)
+	}
+	if c.Opts.LockDelay != "" {
+		extra += fmt.Sprintf("\n  lock_delay = %q", c.Opts.LockDelay)
+	}
+	cfg := fmt.Sprintf("syncer {\n  port = \"sync\"\n  secret = %q\n  tags = [\"traefik.enable=true\"]%s\n}\n", c.secret, extra)
+	t, err := a.Node.Agent.PrepareTask(a.Node.root, a.spec("syncer", cfg))
+	if err != nil {
+		return fmt.Errorf("syncer task: %w", err)
+	}
+	if err := a.Node.Agent.StartTask(ctx, t); err != nil {
+		t.Logs.Close()
+		return fmt.Errorf("syncer task: %w", err)
+	}
+	a.mu.Lock()
+	a.syncer = t
+	a.mu.Unlock()
+	go a.superviseSyncer(t) //nolint:contextcheck // supervision lives as long as the cluster, not this call
+	return nil
+}
+
+func (a *Alloc) startApp(ctx context.Context) error {
+	c := a.Node.C
+	http := a.ports[1]
+	cfg := fmt.Sprintf(`image = %q
+network_mode = "host"
+data = "/data"
+args = ["/testapp", "writer", "-consul", %q, "-key", %q, "-id", %q, "-every", %q, "-addr", "%s:%d"]
+`, c.image, a.Node.ConsulAddr(), c.LeaderKey, a.ID[:8], c.Opts.WriteEvery.String(), http.HostIP, http.Value)
+	t, err := a.Node.Agent.PrepareTask(a.Node.root, a.spec("app", cfg))
+	if err != nil {
+		return fmt.Errorf("app task: %w", err)
+	}
+	if err := a.Node.Agent.StartTask(ctx, t); err != nil {
+		t.Logs.Close()
+		return fmt.Errorf("app task: %w", err)
+	}
+	a.mu.Lock()
+	a.app = t
+	a.mu.Unlock()
+	go a.superviseApp(t) //nolint:contextcheck // supervision lives as long as the cluster, not this call
+	return nil
+}
+
+// superviseSyncer plays Nomad's restart block for the sidecar: a syncer that exits while the
+// allocation lives is started again in place (same alloc dir, so same data) after RestartDelay.
+func (a *Alloc) superviseSyncer(t *harness.Task) {
+	c := a.Node.C
+	res, err := a.Node.Agent.WaitTask(c.ctx, t)
+	if c.ctx.Err() != nil || a.isStopped() {
+		return
+	}
+	if err != nil {
+		// the plugin went away (node loss); whoever restores the node restarts the tasks
+		return
+	}
+	c.Opts.Logf("%s: syncer task of %s exited (code %d, signal %d); restarting it in %s", a.Node.Name, a.ID[:8], res.ExitCode, res.Signal, c.Opts.RestartDelay)
+	select {
+	case <-c.ctx.Done():
+		return
+	case <-time.After(c.Opts.RestartDelay):
+	}
+	if a.isStopped() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, 2*time.Minute)
+	defer cancel()
+	_ = a.Node.Agent.DestroyTask(ctx, t, true)
+	t.Logs.Close()
+	if err := a.startSyncer(ctx); err != nil {
+		c.Opts.Logf("%s: restarting the syncer of %s failed: %v", a.Node.Name, a.ID[:8], err)
+	}
+}
+
+// superviseApp plays Nomad for the main task with restart attempts = 0: when the app task ends,
+// the allocation's main tasks are dead, so the sidecar syncer is stopped (gracefully: it steps
+// down), and a replacement allocation is placed on the same node (the only one the group's
+// distinct_hosts constraint leaves free).
+func (a *Alloc) superviseApp(t *harness.Task) {
+	c := a.Node.C
+	res, err := a.Node.Agent.WaitTask(c.ctx, t)
+	if c.ctx.Err() != nil || a.isStopped() || err != nil {
+		return
+	}
+	c.Opts.Logf("%s: app task of %s failed for good (code %d, signal %d): stopping the allocation, placing a replacement", a.Node.Name, a.ID[:8], res.ExitCode, res.Signal)
+	ctx, cancel := context.WithTimeout(c.ctx, 2*time.Minute)
+	defer cancel()
+	a.Stop(ctx)
+	if _, err := a.Node.StartAlloc(ctx); err != nil {
+		c.Opts.Logf("%s: replacement allocation failed: %v", a.Node.Name, err)
+	}
+}
+
+func (a *Alloc) isStopped() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.stopped
+}
+
+// Tasks returns the allocation's current syncer and app tasks.
+func (a *Alloc) Tasks() (syncer, app *harness.Task) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.syncer, a.app
+}
+
+// Stop stops the allocation the way Nomad does: the main task first, then the sidecar with
+// SIGTERM and a kill timeout (the syncer steps down and releases the lock on the way out).
+func (a *Alloc) Stop(ctx context.Context) {
+	a.mu.Lock()
+	if a.stopped {
+		a.mu.Unlock()
+		return
+	}
+	a.stopped = true
+	s, app := a.syncer, a.app
+	a.mu.Unlock()
+	if app != nil {
+		_ = a.Node.Agent.StopTask(ctx, app, 5*time.Second, "SIGTERM")
+	}
+	if s != nil {
+		_ = a.Node.Agent.StopTask(ctx, s, 10*time.Second, "SIGTERM")
+	}
+}
+
+func (a *Alloc) destroy(ctx context.Context) {
+	a.mu.Lock()
+	a.stopped = true
+	s, app := a.syncer, a.app
+	a.mu.Unlock()
+	for _, t := range []*harness.Task{app, s} {
+		if t == nil {
+			continue
+		}
+		_ = a.Node.Agent.StopAndDestroy(ctx, t, 2*time.Second, "SIGKILL")
+		t.Logs.Close()
+	}
+	// containers of a node whose plugin is gone
+	c := a.Node.C
+	list, err := c.Docker.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", "com.bedrock-nomad.alloc_id="+a.ID))})
+	if err == nil {
+		for _, ct := range list {
+			_ = c.Docker.ContainerRemove(ctx, ct.ID, container.RemoveOptions{Force: true})
+		}
+	}
+}
+
+// ContainerOf returns the id of the allocation's container for task ("syncer" or "app").
+func (a *Alloc) ContainerOf(ctx context.Context, task string) (string, error) {
+	c := a.Node.C
+	list, err := c.Docker.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(
+		filters.Arg("label", "com.bedrock-nomad.alloc_id="+a.ID), filters.Arg("label", "com.bedrock-nomad.task="+task))})
+	if err != nil {
+		return "", fmt.Errorf("listing containers: %w", err)
+	}
+	for _, ct := range list {
+		if ct.State == "running" {
+			return ct.ID, nil
+		}
+	}
+	if len(list) > 0 {
+		return list[0].ID, nil
+	}
+	return "", fmt.Errorf("no %s container for allocation %s", task, a.ID[:8])
+}
+
+// DataFile is the path of a file in the allocation's replicated data dir.
+func (a *Alloc) DataFile(name string) string { return filepath.Join(a.Dir, "alloc", "data", name) }
+
+// WitnessFile is the app's record of every write, outside the data dir.
+func (a *Alloc) WitnessFile() string { return filepath.Join(a.Dir, "app", "local", "witness.log") }
+
+// SyncerLogs returns the current syncer task's stderr (for failure messages).
+func (a *Alloc) SyncerLogs() string {
+	s, _ := a.Tasks()
+	if s == nil {
+		return ""
+	}
+	return s.Logs.Stderr()
+}
+
+// Master is the allocation holding the lock now, with the term, or nil.
+func (c *Cluster) Master(ctx context.Context) (*Alloc, uint64, error) {
+	h, err := readHolder(ctx, c.Consul.Client(), c.LeaderKey)
+	if err != nil || h.Session == "" {
+		return nil, 0, err
+	}
+	return c.allocByID(h.ID), h.Term, nil
+}
+
+func (c *Cluster) allocByID(id string) *Alloc {
+	for _, n := range c.Nodes {
+		for _, a := range n.Allocs() {
+			if a.ID == id {
+				return a
+			}
+		}
+	}
+	return nil
+}
+
+// WaitMaster waits until an allocation serves as master at a term above after, i.e. its app
+// has written a line stamped with that term, and returns the allocation, its term and the
+// writer's timestamp of that first line.
+func (c *Cluster) WaitMaster(ctx context.Context, after uint64, timeout time.Duration) (*Serving, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		if s := c.firstServing(after); s != nil {
+			return s, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("no master serving at a term above %d within %s; holder history: %s", after, timeout, c.history.String())
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for a master: %w", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// Serving is a master that wrote.
+type Serving struct {
+	Alloc *Alloc
+	Term  uint64
+	// At is the writer's timestamp of its first write at Term.
+	At time.Time
+}
+
+func (c *Cluster) firstServing(after uint64) *Serving {
+	var best *Serving
+	for _, n := range c.Nodes {
+		for _, a := range n.Allocs() {
+			ws, _ := ReadWrites(a.WitnessFile())
+			for _, w := range ws {
+				if w.Term > after && (best == nil || w.At.Before(best.At)) {
+					best = &Serving{Alloc: a, Term: w.Term, At: w.At}
+					break
+				}
+			}
+		}
+	}
+	return best
+}
+
+// History returns the lock holders seen so far.
+func (c *Cluster) History() *History { return c.history }
+
+// Logf logs through the cluster's logger.
+func (c *Cluster) Logf(format string, args ...any) { c.Opts.Logf(format, args...) }
+
+// shortAlloc renders an allocation for logs.
+func shortAlloc(a *Alloc) string {
+	if a == nil {
+		return "<none>"
+	}
+	return a.Node.Name + "/" + a.ID[:8]
+}

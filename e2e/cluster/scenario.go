@@ -1,0 +1,319 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Fault is one way of losing the master.
+type Fault string
+
+// The faults of the failover scenarios.
+const (
+	// KillApp: kill -9 of the master's app container; the app task fails for good
+	// (restart attempts = 0), Nomad stops the allocation and places a replacement.
+	KillApp Fault = "kill-app"
+	// KillSyncer: kill -9 of the master's syncer container; Nomad restarts it in place.
+	KillSyncer Fault = "kill-syncer"
+	// FreezeSyncer: SIGSTOP of the master's syncer beyond the session TTL, then SIGCONT.
+	FreezeSyncer Fault = "freeze-syncer"
+	// NodeLoss: the master's node dies whole (Consul agent, plugin, syncer and app at once)
+	// and comes back later with its allocation.
+	NodeLoss Fault = "node-loss"
+	// Graceful: the master's allocation is stopped (nomad alloc stop) and replaced.
+	Graceful Fault = "graceful"
+)
+
+// Faults lists the scenarios in a sensible order.
+var Faults = []Fault{Graceful, KillApp, KillSyncer, FreezeSyncer, NodeLoss}
+
+// Result is one scenario's outcome.
+type Result struct {
+	Fault              Fault
+	OldMaster, New     *Alloc
+	OldTerm, NewTerm   uint64
+	Failover           time.Duration // fault → the new master's first write
+	SplitBrain         []string      // overlapping masters, from the writes and from Consul
+	LostWrites         int           // lines a clone held at the fault that the new master lacks
+	NotSetAside        int           // old master's writes neither on the new master nor in its lost+found
+	SetAside           int           // old master's writes found in lost+found
+	ClonesHeldAtFault  int
+	OldMasterWroteLast time.Time
+}
+
+// OK tells whether the invariants held.
+func (r *Result) OK() bool {
+	return len(r.SplitBrain) == 0 && r.LostWrites == 0 && r.NotSetAside == 0
+}
+
+func (r *Result) String() string {
+	return fmt.Sprintf("%s: %s (term %d) → %s (term %d) in %s; split-brain %d, lost %d, set aside %d, unaccounted %d",
+		r.Fault, shortAlloc(r.OldMaster), r.OldTerm, shortAlloc(r.New), r.NewTerm, r.Failover.Round(time.Millisecond),
+		len(r.SplitBrain), r.LostWrites, r.SetAside, r.NotSetAside)
+}
+
+// Run injects fault into the current master, waits for the new master to serve, restores
+// what the fault took (as Nomad or the operator would), waits until the old instance is a
+// synced clone again, and checks the invariants.
+func (c *Cluster) Run(ctx context.Context, fault Fault) (*Result, error) {
+	old, err := c.stableMaster(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r := &Result{Fault: fault, OldMaster: old.Alloc, OldTerm: old.Term}
+	held := lineSet{}
+	for _, n := range c.Nodes {
+		a := n.Current()
+		if a == old.Alloc {
+			continue
+		}
+		ws, _ := ReadWrites(a.DataFile("writes.log"))
+		for _, w := range ws {
+			held[w.Line] = true
+		}
+	}
+	r.ClonesHeldAtFault = len(held)
+
+	t0 := time.Now()
+	if err := c.inject(ctx, old.Alloc, fault); err != nil {
+		return r, fmt.Errorf("%s: injecting: %w", fault, err)
+	}
+	serving, err := c.WaitMaster(ctx, old.Term, 90*time.Second)
+	if err != nil {
+		return r, fmt.Errorf("%s: %w", fault, err)
+	}
+	r.New, r.NewTerm, r.Failover = serving.Alloc, serving.Term, serving.At.Sub(t0)
+	c.Logf("%s: new master %s at term %d serving %s after the fault", fault, shortAlloc(r.New), r.NewTerm, r.Failover.Round(time.Millisecond))
+
+	back, err := c.restore(ctx, old.Alloc, fault)
+	if err != nil {
+		return r, fmt.Errorf("%s: restoring: %w", fault, err)
+	}
+	if err := c.waitSynced(ctx, back, r.New, 90*time.Second); err != nil {
+		return r, fmt.Errorf("%s: the old master's node did not come back as a synced clone: %w", fault, err)
+	}
+	c.check(r, held, back)
+	return r, nil
+}
+
+// stableMaster waits for a master that writes and whose writes reach every clone.
+func (c *Cluster) stableMaster(ctx context.Context) (*Serving, error) {
+	deadline := time.Now().Add(90 * time.Second)
+	for time.Now().Before(deadline) {
+		m, term, err := c.Master(ctx)
+		if err == nil && m != nil && m == m.Node.Current() {
+			ws, _ := ReadWrites(m.DataFile("writes.log"))
+			if len(ws) > 0 && ws[len(ws)-1].Term == term {
+				last := ws[len(ws)-1].Line
+				synced := true
+				for _, n := range c.Nodes {
+					if a := n.Current(); a != m && !setOf(mustRead(a.DataFile("writes.log")))[last] {
+						synced = false
+					}
+				}
+				if synced {
+					return &Serving{Alloc: m, Term: term}, nil
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for a stable master: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil, fmt.Errorf("no stable master (writing, with every clone caught up) within 90s; holders: %s", c.history.String())
+}
+
+func mustRead(p string) []Write {
+	ws, _ := ReadWrites(p)
+	return ws
+}
+
+func (c *Cluster) inject(ctx context.Context, a *Alloc, fault Fault) error {
+	switch fault {
+	case KillApp:
+		return c.signal(ctx, a, "app", "SIGKILL")
+	case KillSyncer:
+		return c.signal(ctx, a, "syncer", "SIGKILL")
+	case FreezeSyncer:
+		return c.signal(ctx, a, "syncer", "SIGSTOP")
+	case NodeLoss:
+		n := a.Node
+		c.Consul.KillClient(n.Index)
+		n.Agent.Plugin.Kill()
+		errs := []error{c.signal(ctx, a, "syncer", "SIGKILL"), c.signal(ctx, a, "app", "SIGKILL")}
+		return errors.Join(errs...)
+	case Graceful:
+		go a.Stop(context.WithoutCancel(ctx))
+		return nil
+	}
+	return fmt.Errorf("unknown fault %q", fault)
+}
+
+func (c *Cluster) signal(ctx context.Context, a *Alloc, task, sig string) error {
+	id, err := a.ContainerOf(ctx, task)
+	if err != nil {
+		return err
+	}
+	if err := c.Docker.ContainerKill(ctx, id, sig); err != nil && !strings.Contains(err.Error(), "is not running") {
+		return fmt.Errorf("%s to the %s container: %w", sig, task, err)
+	}
+	return nil
+}
+
+// restore undoes the fault the way the cluster would heal, and returns the allocation that
+// now stands for the old master's instance.
+func (c *Cluster) restore(ctx context.Context, a *Alloc, fault Fault) (*Alloc, error) {
+	n := a.Node
+	switch fault {
+	case KillApp, Graceful:
+		// Nomad places a replacement (superviseApp does it for KillApp).
+		if fault == Graceful {
+			if _, err := n.StartAlloc(ctx); err != nil {
+				return nil, err
+			}
+		}
+		deadline := time.Now().Add(60 * time.Second)
+		for n.Current() == a {
+			if time.Now().After(deadline) {
+				return nil, errors.New("no replacement allocation placed")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		return n.Current(), nil
+	case KillSyncer:
+		return a, nil // restarted in place by superviseSyncer
+	case FreezeSyncer:
+		return a, c.signal(ctx, a, "syncer", "SIGCONT")
+	case NodeLoss:
+		c.Consul.RestartClient(n.Index) //nolint:contextcheck // bounded by the Consul helper's own start timeout
+		if err := n.startAgent(ctx); err != nil {
+			return nil, err
+		}
+		a.mu.Lock()
+		oldS, oldA := a.syncer, a.app
+		a.mu.Unlock()
+		if oldS != nil {
+			oldS.Logs.Close()
+		}
+		if oldA != nil {
+			oldA.Logs.Close()
+		}
+		if err := a.startSyncer(ctx); err != nil {
+			return nil, err
+		}
+		return a, a.startApp(ctx)
+	}
+	return nil, fmt.Errorf("unknown fault %q", fault)
+}
+
+// waitSynced waits until a's data holds every line the master's data held when the wait began
+// plus one it wrote afterwards: a follows the live stream.
+func (c *Cluster) waitSynced(ctx context.Context, a, master *Alloc, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	start := time.Now()
+	for time.Now().Before(deadline) {
+		mws := mustRead(master.DataFile("writes.log"))
+		if len(mws) > 0 && mws[len(mws)-1].At.After(start) {
+			last := mws[len(mws)-1].Line
+			if setOf(mustRead(a.DataFile("writes.log")))[last] {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for sync: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("%s not in sync with %s after %s; its syncer says: %s", shortAlloc(a), shortAlloc(master), timeout, tailLines(a.SyncerLogs(), 8))
+}
+
+// check fills r's invariant counts.
+func (c *Cluster) check(r *Result, held lineSet, back *Alloc) {
+	// One master at a time, from the writes: the [first, last] write of each (instance, term)
+	// must not overlap another instance's.
+	type span struct {
+		id          string
+		term        uint64
+		first, last time.Time
+	}
+	spans := map[string]*span{}
+	for _, n := range c.Nodes {
+		for _, a := range n.Allocs() {
+			for _, w := range mustRead(a.WitnessFile()) {
+				k := fmt.Sprintf("%s/%d", w.ID, w.Term)
+				s := spans[k]
+				if s == nil {
+					s = &span{id: w.ID, term: w.Term, first: w.At, last: w.At}
+					spans[k] = s
+				}
+				if w.At.Before(s.first) {
+					s.first = w.At
+				}
+				if w.At.After(s.last) {
+					s.last = w.At
+				}
+			}
+		}
+	}
+	list := make([]*span, 0, len(spans))
+	for _, s := range spans {
+		list = append(list, s)
+	}
+	sort.Slice(list, func(i, j int) bool { return list[i].first.Before(list[j].first) })
+	for i := range list {
+		for j := i + 1; j < len(list); j++ {
+			a, b := list[i], list[j]
+			if a.id != b.id && b.first.Before(a.last) {
+				r.SplitBrain = append(r.SplitBrain, fmt.Sprintf("%s (term %d, %s..%s) and %s (term %d, from %s) wrote at the same time",
+					a.id, a.term, a.first.Format("15:04:05.000"), a.last.Format("15:04:05.000"), b.id, b.term, b.first.Format("15:04:05.000")))
+			}
+			if a.term == b.term && a.term != 0 && a.id != b.id {
+				r.SplitBrain = append(r.SplitBrain, fmt.Sprintf("%s and %s both wrote at term %d", a.id, b.id, a.term))
+			}
+		}
+	}
+	r.SplitBrain = append(r.SplitBrain, c.history.Overlaps()...)
+
+	// Nothing a clone held is lost.
+	onNew := setOf(mustRead(r.New.DataFile("writes.log")))
+	for l := range held {
+		if !onNew[l] {
+			r.LostWrites++
+		}
+	}
+	// The old master's writes are on the new master or set aside in its lost+found.
+	aside := lostFoundWrites(back.DataFile(""))
+	if back != r.OldMaster {
+		aside = lineSet{} // a replacement starts empty: everything must have been replicated
+	}
+	for _, w := range mustRead(r.OldMaster.WitnessFile()) {
+		if w.Term != r.OldTerm {
+			continue
+		}
+		if w.At.After(r.OldMasterWroteLast) {
+			r.OldMasterWroteLast = w.At
+		}
+		switch {
+		case onNew[w.Line]:
+		case aside[w.Line]:
+			r.SetAside++
+		default:
+			r.NotSetAside++
+		}
+	}
+}
+
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

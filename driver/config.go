@@ -70,6 +70,11 @@ type ConsulConfig struct {
 	Address string     `msgpack:"address"`
 	Token   string     `msgpack:"token"`
 	TLS     *TLSConfig `msgpack:"tls"`
+	// ReleaseDeadSyncer lets the driver release the lock of a syncer that
+	// died while master, once its app is proven stopped (fence.go): a
+	// failover in well under a second instead of the session TTL plus the
+	// lock-delay. On by default; false leaves it to Consul's timers.
+	ReleaseDeadSyncer *bool `msgpack:"release_dead_syncer"`
 }
 
 // NomadConfig is how the driver reads the live job for the placement
@@ -138,9 +143,10 @@ func configSpec() *hclspec.Spec {
 		"allow_unsafe_placement": hclspec.Default(hclspec.Attr("allow_unsafe_placement", "bool"), hclspec.Literal("false")),
 		"volumes_enabled":        hclspec.Default(hclspec.Attr("volumes_enabled", "bool"), hclspec.Literal("false")),
 		"consul": hclspec.Block("consul", false, hclspec.Object(map[string]*hclspec.Spec{
-			"address": hclspec.Default(hclspec.Attr("address", "string"), hclspec.Literal(`"`+defaultConsulAddress+`"`)),
-			"token":   hclspec.Attr("token", "string"),
-			"tls":     hclspec.Block("tls", false, tlsSpec()),
+			"address":             hclspec.Default(hclspec.Attr("address", "string"), hclspec.Literal(`"`+defaultConsulAddress+`"`)),
+			"token":               hclspec.Attr("token", "string"),
+			"tls":                 hclspec.Block("tls", false, tlsSpec()),
+			"release_dead_syncer": hclspec.Default(hclspec.Attr("release_dead_syncer", "bool"), hclspec.Literal("true")),
 		})),
 		"nomad": hclspec.Block("nomad", false, hclspec.Object(map[string]*hclspec.Spec{
 			// No default: without an address (here or NOMAD_ADDR in the
@@ -268,6 +274,7 @@ func parsePluginConfig(raw []byte) (*settings, error) {
 			s.consul.Address = c.Consul.Address
 		}
 		s.consul.Token, s.consul.TLS = c.Consul.Token, c.Consul.TLS
+		s.consul.ReleaseDeadSyncer = c.Consul.ReleaseDeadSyncer
 		if err := checkTLSFiles("consul.tls", c.Consul.TLS); err != nil {
 			errs = append(errs, err)
 		}

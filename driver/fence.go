@@ -33,7 +33,7 @@ func (d *Driver) releaseAfterSyncer(ctx context.Context, syncer *taskHandle) {
 	ctx, cancel := context.WithTimeout(ctx, fenceTimeout)
 	defer cancel()
 	allocDir := syncer.state.AllocDir
-	if allocDir == "" {
+	if allocDir == "" || !boolOr(d.settings().consul.ReleaseDeadSyncer, true) {
 		return
 	}
 	// Read the session first: a restarted syncer writes a new one, and only

@@ -11,6 +11,8 @@ import (
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/events"
+	"github.com/docker/docker/api/types/filters"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin"
 )
@@ -202,7 +204,8 @@ func (h *taskHandle) recordExit(ctx context.Context) {
 			}
 			time.Sleep(200 * time.Millisecond)
 		}
-		if err == nil && info.State != nil && info.State.ExitCode == 137 && !info.State.OOMKilled && !h.killedByUs.Load() {
+		if err == nil && info.State != nil && info.State.ExitCode == 137 && !info.State.OOMKilled && !h.killedByUs.Load() &&
+			!h.engineDeliveredKill(ctx, info.State.StartedAt) {
 			// The engine may handle the kernel's OOM event after the exit
 			// event (seen with 20.10 under load): give it a moment to
 			// flag the container before reporting a plain SIGKILL.
@@ -248,4 +251,43 @@ func shortID(id string) string {
 		return id[:12]
 	}
 	return id
+}
+
+// engineDeliveredKill tells whether the engine itself sent the container a
+// SIGKILL since it started (`docker kill`, an operator or a fault
+// injector): such an exit is no OOM kill, so it is reported without the
+// wait for a late OOM flag, which would delay a failover by up to 1.5 s.
+// A SIGKILL from outside the engine (kill -9 of the pid, the OOM killer)
+// leaves no such event and still gets the wait.
+func (h *taskHandle) engineDeliveredKill(ctx context.Context, startedAt string) bool {
+	cli, err := h.d.client()
+	if err != nil {
+		return false
+	}
+	since, err := time.Parse(time.RFC3339Nano, startedAt)
+	if err != nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	msgs, errs := cli.Events(ctx, events.ListOptions{
+		Since:   fmt.Sprintf("%d.%09d", since.Unix(), since.Nanosecond()),
+		Until:   fmt.Sprintf("%d.%09d", time.Now().Unix(), time.Now().Nanosecond()),
+		Filters: filters.NewArgs(filters.Arg("container", h.containerID), filters.Arg("event", "kill")),
+	})
+	for {
+		select {
+		case m := <-msgs:
+			switch m.Actor.Attributes["signal"] {
+			case "9", "KILL", "SIGKILL":
+				return true
+			}
+		case err := <-errs:
+			// io.EOF once the window is read: no SIGKILL from the engine
+			_ = err
+			return false
+		case <-ctx.Done():
+			return false
+		}
+	}
 }

@@ -40,6 +40,9 @@ type Options struct {
 	WriteEvery time.Duration
 	// RestartDelay is the restart block's delay for a failed syncer task (default 1s).
 	RestartDelay time.Duration
+	// PlainConsulLock turns off the driver's release of a dead syncer's lock, leaving
+	// failover to Consul's timers alone (the yard-stick).
+	PlainConsulLock bool
 	// Logf receives progress lines (default: t.Logf).
 	Logf func(format string, args ...any)
 }
@@ -89,7 +92,7 @@ type Alloc struct {
 }
 
 // Start brings up Consul, the plugins and one allocation per node, and waits for a master.
-func Start(t testing.TB, opts Options) *Cluster {
+func Start(ctx context.Context, t testing.TB, opts Options) *Cluster {
 	t.Helper()
 	if opts.Nodes == 0 {
 		opts.Nodes = 3
@@ -109,11 +112,11 @@ func Start(t testing.TB, opts Options) *Cluster {
 	if opts.Logf == nil {
 		opts.Logf = t.Logf
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(ctx)
 	c := &Cluster{T: t, Opts: opts, ctx: ctx, cancel: cancel, secret: "e2e-secret-" + harness.NewAllocID()[:16]}
 	c.LeaderKey = lease.KeyPrefix("", "default", opts.Job, opts.Group) + "/leader"
 
-	c.Consul = consul.Start(t, consul.WithClients(opts.Nodes))
+	c.Consul = consul.Start(t, consul.WithClients(opts.Nodes)) //nolint:contextcheck // bounded by the helper's start timeout
 	bctx, bcancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer bcancel()
 	var err error
@@ -171,7 +174,8 @@ func (c *Cluster) stop() {
 }
 
 func (n *Node) pluginHCL() string {
-	return fmt.Sprintf("gc {\n  image = false\n}\nconsul {\n  address = %q\n}\n", n.C.Consul.Clients[n.Index].HTTPAddr)
+	return fmt.Sprintf("gc {\n  image = false\n}\nconsul {\n  address = %q\n  release_dead_syncer = %t\n}\n",
+		n.C.Consul.Clients[n.Index].HTTPAddr, !n.C.Opts.PlainConsulLock)
 }
 
 func (n *Node) startAgent(ctx context.Context) error {

@@ -18,7 +18,7 @@ func TestFailoverScenarios(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	c := cluster.Start(t, cluster.Options{})
+	c := cluster.Start(ctx, t, cluster.Options{})
 	for _, f := range cluster.Faults {
 		ok := t.Run(string(f), func(t *testing.T) {
 			r, err := c.Run(ctx, f)

@@ -1,8 +1,10 @@
 # Bedrock demo: a small stateful HTTP app, replicated by Bedrock.
 #
-# The image is built locally by the project (`bedrock-demo:latest`); it
-# listens on 8080 and keeps its data in /data. Run it with:
+# The image is built locally by the project (`bedrock-demo:latest`, what
+# `make demo` runs); it listens on 8080 and keeps its data in /data. Run it
+# with:
 #
+#   nomad var put nomad/jobs/bedrock-demo sync_secret="$(openssl rand -hex 32)"
 #   nomad-driver-bedrock validate demo.nomad.hcl
 #   nomad job run demo.nomad.hcl
 #
@@ -78,10 +80,23 @@ job "bedrock-demo" {
         sidecar = true
       }
 
+      # The replication secret (peers authenticate with it), rendered from
+      # the Nomad variable into the task's environment, never into the job.
+      template {
+        data        = <<-EOT
+          {{- with nomadVar "nomad/jobs/bedrock-demo" }}
+          BEDROCK_SYNC_SECRET={{ .sync_secret }}
+          {{- end }}
+        EOT
+        destination = "secrets/sync.env"
+        env         = true
+      }
+
       config {
         syncer {
           port         = "sync"
           metrics_port = "metrics"
+          secret       = "${BEDROCK_SYNC_SECRET}"
           # Consul service of the app: master.bedrock-demo.service.consul
           service = "bedrock-demo"
           # Tags only the master carries, so Traefik routes to it alone.

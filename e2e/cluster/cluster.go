@@ -40,6 +40,12 @@ type Options struct {
 	WriteEvery time.Duration
 	// RestartDelay is the restart block's delay for a failed syncer task (default 1s).
 	RestartDelay time.Duration
+	// Jobspec, when set, replaces the built-in writer group: its job, group, ports and task
+	// configs are used as a Nomad server would hand them to the clients.
+	Jobspec *Jobspec
+	// ImageAliases are extra tags given to the locally built test image before anything
+	// starts (e.g. the demo jobspec's bedrock-demo:latest).
+	ImageAliases []string
 	// PlainConsulLock turns off the driver's release of a dead syncer's lock, leaving
 	// failover to Consul's timers alone (the yard-stick).
 	PlainConsulLock bool
@@ -97,6 +103,12 @@ func Start(ctx context.Context, t testing.TB, opts Options) *Cluster {
 	if opts.Nodes == 0 {
 		opts.Nodes = 3
 	}
+	if js := opts.Jobspec; js != nil {
+		opts.Job, opts.Group = js.Job, js.Group
+		if js.Count > 0 {
+			opts.Nodes = js.Count
+		}
+	}
 	if opts.Job == "" {
 		opts.Job = "writer"
 	}
@@ -123,6 +135,11 @@ func Start(ctx context.Context, t testing.TB, opts Options) *Cluster {
 	if c.image, err = testimage.Build(bctx); err != nil {
 		t.Fatalf("cluster: test image: %v", err)
 	}
+	for _, alias := range opts.ImageAliases {
+		if err := tagImage(bctx, c.image, alias); err != nil {
+			t.Fatalf("cluster: %v", err)
+		}
+	}
 	if c.plugin, err = harness.BuildPlugin(); err != nil {
 		t.Fatalf("cluster: plugin: %v", err)
 	}
@@ -145,8 +162,10 @@ func Start(ctx context.Context, t testing.TB, opts Options) *Cluster {
 			t.Fatalf("cluster: %s: %v", n.Name, err)
 		}
 	}
-	if _, err := c.WaitMaster(bctx, 0, time.Minute); err != nil {
-		t.Fatalf("cluster: %v", err)
+	if opts.Jobspec == nil {
+		if _, err := c.WaitMaster(bctx, 0, time.Minute); err != nil {
+			t.Fatalf("cluster: %v", err)
+		}
 	}
 	return c
 }
@@ -212,12 +231,17 @@ func (n *Node) Current() *Alloc {
 func (n *Node) StartAlloc(ctx context.Context) (*Alloc, error) {
 	id := harness.NewAllocID()
 	a := &Alloc{Node: n, ID: id, Dir: filepath.Join(n.root, "alloc", id), done: make(chan struct{})}
-	for _, label := range []string{"sync", "http"} {
+	ports := []harness.Port{{Label: "sync"}, {Label: "http"}}
+	if js := n.C.Opts.Jobspec; js != nil {
+		ports = js.Ports
+	}
+	for _, p := range ports {
 		v, err := harness.FreePort(n.IP)
 		if err != nil {
 			return nil, fmt.Errorf("port: %w", err)
 		}
-		a.ports = append(a.ports, harness.Port{Label: label, Value: v, HostIP: n.IP})
+		p.Value, p.HostIP = v, n.IP
+		a.ports = append(a.ports, p)
 	}
 	n.mu.Lock()
 	n.allocs = append(n.allocs, a)
@@ -233,8 +257,21 @@ func (n *Node) StartAlloc(ctx context.Context) (*Alloc, error) {
 
 func (a *Alloc) spec(task, cfg string) harness.TaskSpec {
 	c := a.Node.C
-	return harness.TaskSpec{Job: c.Opts.Job, Group: c.Opts.Group, Task: task, AllocID: a.ID, Ports: a.ports,
+	s := harness.TaskSpec{Job: c.Opts.Job, Group: c.Opts.Group, Task: task, AllocID: a.ID, Ports: a.ports,
 		NodeName: a.Node.Name, NodeID: "node-id-" + a.Node.Name, Config: cfg, MemoryMB: 128}
+	if js := c.Opts.Jobspec; js != nil {
+		switch task {
+		case "syncer":
+			s.Task = js.SyncerTask
+			if js.SyncerUsesSecretFromEnv {
+				// what the jobspec's template renders from the Nomad variable
+				s.Env = map[string]string{"BEDROCK_SYNC_SECRET": c.secret}
+			}
+		case "app":
+			s.Task = js.AppTask
+		}
+	}
+	return s
 }
 
 func (a *Alloc) startSyncer(ctx context.Context) error {
@@ -247,6 +284,9 @@ func (a *Alloc) startSyncer(ctx context.Context) error {
 		extra += fmt.Sprintf("\n  lock_delay = %q", c.Opts.LockDelay)
 	}
 	cfg := fmt.Sprintf("syncer {\n  port = \"sync\"\n  secret = %q\n  tags = [\"traefik.enable=true\"]%s\n}\n", c.secret, extra)
+	if js := c.Opts.Jobspec; js != nil {
+		cfg = js.SyncerConfig
+	}
 	t, err := a.Node.Agent.PrepareTask(a.Node.root, a.spec("syncer", cfg))
 	if err != nil {
 		return fmt.Errorf("syncer task: %w", err)
@@ -264,12 +304,17 @@ func (a *Alloc) startSyncer(ctx context.Context) error {
 
 func (a *Alloc) startApp(ctx context.Context) error {
 	c := a.Node.C
-	http := a.ports[1]
-	cfg := fmt.Sprintf(`image = %q
+	var cfg string
+	if js := c.Opts.Jobspec; js != nil {
+		cfg = js.AppConfig
+	} else {
+		http := a.ports[1]
+		cfg = fmt.Sprintf(`image = %q
 network_mode = "host"
 data = "/data"
 args = ["/testapp", "writer", "-consul", %q, "-key", %q, "-id", %q, "-every", %q, "-addr", "%s:%d"]
 `, c.image, a.Node.ConsulAddr(), c.LeaderKey, a.ID[:8], c.Opts.WriteEvery.String(), http.HostIP, http.Value)
+	}
 	t, err := a.Node.Agent.PrepareTask(a.Node.root, a.spec("app", cfg))
 	if err != nil {
 		return fmt.Errorf("app task: %w", err)
@@ -391,6 +436,9 @@ func (a *Alloc) destroy(ctx context.Context) {
 // ContainerOf returns the id of the allocation's container for task ("syncer" or "app").
 func (a *Alloc) ContainerOf(ctx context.Context, task string) (string, error) {
 	c := a.Node.C
+	if js := c.Opts.Jobspec; js != nil {
+		task = map[string]string{"syncer": js.SyncerTask, "app": js.AppTask}[task]
+	}
 	list, err := c.Docker.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(
 		filters.Arg("label", "com.bedrock-nomad.alloc_id="+a.ID), filters.Arg("label", "com.bedrock-nomad.task="+task))})
 	if err != nil {
@@ -498,4 +546,16 @@ func shortAlloc(a *Alloc) string {
 		return "<none>"
 	}
 	return a.Node.Name + "/" + a.ID[:8]
+}
+
+func tagImage(ctx context.Context, src, alias string) error {
+	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return fmt.Errorf("docker: %w", err)
+	}
+	defer func() { _ = cli.Close() }()
+	if err := cli.ImageTag(ctx, src, alias); err != nil {
+		return fmt.Errorf("tagging %s as %s: %w", src, alias, err)
+	}
+	return nil
 }

@@ -79,7 +79,7 @@ func (c *Cluster) Run(ctx context.Context, fault Fault) (*Result, error) {
 	r.ClonesHeldAtFault = len(held)
 
 	t0 := time.Now()
-	if err := c.inject(ctx, old.Alloc, fault); err != nil {
+	if err := c.Inject(ctx, old.Alloc, fault); err != nil {
 		return r, fmt.Errorf("%s: injecting: %w", fault, err)
 	}
 	serving, err := c.WaitMaster(ctx, old.Term, 90*time.Second)
@@ -89,7 +89,7 @@ func (c *Cluster) Run(ctx context.Context, fault Fault) (*Result, error) {
 	r.New, r.NewTerm, r.Failover = serving.Alloc, serving.Term, serving.At.Sub(t0)
 	c.Logf("%s: new master %s at term %d serving %s after the fault", fault, shortAlloc(r.New), r.NewTerm, r.Failover.Round(time.Millisecond))
 
-	back, err := c.restore(ctx, old.Alloc, fault)
+	back, err := c.Restore(ctx, old.Alloc, fault)
 	if err != nil {
 		return r, fmt.Errorf("%s: restoring: %w", fault, err)
 	}
@@ -134,7 +134,8 @@ func mustRead(p string) []Write {
 	return ws
 }
 
-func (c *Cluster) inject(ctx context.Context, a *Alloc, fault Fault) error {
+// Inject makes allocation a suffer fault.
+func (c *Cluster) Inject(ctx context.Context, a *Alloc, fault Fault) error {
 	switch fault {
 	case KillApp:
 		return c.signal(ctx, a, "app", "SIGKILL")
@@ -166,9 +167,9 @@ func (c *Cluster) signal(ctx context.Context, a *Alloc, task, sig string) error 
 	return nil
 }
 
-// restore undoes the fault the way the cluster would heal, and returns the allocation that
+// Restore undoes the fault the way the cluster would heal, and returns the allocation that
 // now stands for the old master's instance.
-func (c *Cluster) restore(ctx context.Context, a *Alloc, fault Fault) (*Alloc, error) {
+func (c *Cluster) Restore(ctx context.Context, a *Alloc, fault Fault) (*Alloc, error) {
 	n := a.Node
 	switch fault {
 	case KillApp, Graceful:

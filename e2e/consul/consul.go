@@ -11,6 +11,10 @@
 // elections built on sessions can use TTLs in the low seconds; see WithSessionTTLMin.
 //
 // Linux only (client agents bind to 127.0.0.x, which Linux routes on lo without setup).
+//
+// With WithNetns, each client agent runs in a network namespace of its own instead, on a private
+// segment with the host (see package netns), so that a test can cut one agent off the cluster:
+// Partition and Heal. The server then also listens on the host's address on that segment.
 package consul
 
 import (
@@ -32,6 +36,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/netns"
 )
 
 // Version is the Consul release the project builds and tests against.
@@ -56,6 +62,7 @@ type config struct {
 	extraHCL      []string
 	logLevel      string
 	verbose       bool
+	netns         bool
 }
 
 // Option configures Start.
@@ -85,12 +92,39 @@ func WithLogLevel(level string) Option { return func(c *config) { c.logLevel = l
 // WithVerbose copies every agent's log lines to t.Log as they come (default: only on failure).
 func WithVerbose() Option { return func(c *config) { c.verbose = true } }
 
+// WithNetns runs each client agent in a network namespace of its own, so that Partition can cut it
+// off. The namespaces hang off a private segment (netns.Switch, an IPv4 /24 picked at random and
+// checked to be unused): the host has the segment's .1 (Cluster.Switch.HostIP) and client agent i
+// (0-based) has .(i+2), which is its Node.IP, where it binds, advertises and serves (HTTP
+// 8500, DNS 8600, Serf LAN 8301, Serf WAN 8302, server RPC 8300, gRPC 8502: the namespace is
+// its own; its HTTP API also answers on 127.0.0.1:8500 inside the namespace, for `ip netns exec`).
+// Processes of the host reach every agent's HTTP API at its Node.HTTPAddr; client agents reach
+// each other directly across the segment; nothing inside a namespace reaches anything beyond the
+// segment.
+//
+// The server stays in the host's namespace: it binds and advertises Serf and RPC on the host's
+// segment address (Node.AdvertiseIP) and serves HTTP and DNS on both 127.0.0.1 and that address,
+// so its Node.IP, HTTPAddr, Cluster.HTTPAddr and DNSAddr stay on 127.0.0.1.
+//
+// Start skips the test (t.Skip) when network namespaces are unavailable (not root, no `ip`, or
+// `ip netns` failing). Everything is removed at cleanup, even after a failed test; what a crashed
+// earlier run left is removed at start. Linux only.
+func WithNetns() Option { return func(c *config) { c.netns = true } }
+
 // Node is one Consul agent of a Cluster.
 type Node struct {
 	// Name is the Consul node name: "server", "client-1", "client-2", ...
 	Name string
-	// IP is the loopback address the agent binds, serves and advertises on.
+	// IP is the address where processes of the host reach the agent (HTTP, DNS): a loopback
+	// address, or with WithNetns the client agent's address on the private segment (owned by its
+	// namespace: processes of the host cannot bind it).
 	IP string
+	// AdvertiseIP is the address the agent binds Serf and RPC on and advertises to the cluster (its
+	// member address). It equals IP, except for the server under WithNetns (the host's segment
+	// address).
+	AdvertiseIP string
+	// Netns is the network namespace the agent runs in (WithNetns clients), empty for the host's.
+	Netns string
 	// Server tells whether the agent is the (dev) server.
 	Server bool
 	// HTTPAddr is host:port of the agent's HTTP API.
@@ -102,6 +136,8 @@ type Node struct {
 	// LogPath is the file receiving the agent's output.
 	LogPath string
 
+	port *netns.Port // WithNetns clients: the namespace's port on the segment
+
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{} // closed when the current process has exited
@@ -112,10 +148,13 @@ type Node struct {
 type Cluster struct {
 	// Server is the dev server on 127.0.0.1.
 	Server *Node
-	// Clients are the client agents, Clients[i] on 127.0.0.(i+2).
+	// Clients are the client agents, Clients[i] on 127.0.0.(i+2) (WithNetns: on the segment's
+	// .(i+2), in a namespace of its own).
 	Clients []*Node
 	// Binary is the consul binary in use.
 	Binary string
+	// Switch is the private segment the client agents' namespaces hang off (WithNetns), else nil.
+	Switch *netns.Switch
 
 	t   testing.TB
 	cfg config
@@ -181,17 +220,32 @@ func Start(t testing.TB, opts ...Option) *Cluster {
 		}
 	}
 	c := &Cluster{Binary: bin, t: t, cfg: cfg, dir: t.TempDir()}
+	if cfg.netns {
+		// registered before c.Stop, so it runs after the agents are gone
+		c.Switch = startSwitch(t)
+	}
 	t.Cleanup(c.Stop)
 
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.startTimeout)
 	defer cancel()
 
-	c.Server = &Node{Name: "server", IP: "127.0.0.1", Server: true}
+	c.Server = &Node{Name: "server", IP: "127.0.0.1", AdvertiseIP: "127.0.0.1", Server: true}
+	if c.Switch != nil {
+		c.Server.AdvertiseIP = c.Switch.HostIP.String()
+	}
 	if err := c.launch(ctx, c.Server); err != nil {
 		t.Fatalf("consul: start server: %v", err)
 	}
 	for i := 0; i < cfg.clients; i++ {
 		n := &Node{Name: fmt.Sprintf("client-%d", i+1), IP: fmt.Sprintf("127.0.0.%d", i+2)}
+		if c.Switch != nil {
+			p, err := c.Switch.Attach()
+			if err != nil {
+				t.Fatalf("consul: namespace for %s: %v", n.Name, err)
+			}
+			n.port, n.Netns, n.IP = p, p.Netns, p.IP.String()
+		}
+		n.AdvertiseIP = n.IP
 		n.DataDir = filepath.Join(c.dir, n.Name, "data")
 		c.Clients = append(c.Clients, n)
 	}
@@ -213,6 +267,30 @@ func Start(t testing.TB, opts ...Option) *Cluster {
 		t.Fatalf("consul: cluster not ready within %s: %v", cfg.startTimeout, err)
 	}
 	return c
+}
+
+// startSwitch creates the segment for WithNetns, after removing what crashed runs left, and
+// registers its removal with t.Cleanup. It skips the test when namespaces are unavailable.
+func startSwitch(t testing.TB) *netns.Switch {
+	t.Helper()
+	if err := netns.Available(); err != nil {
+		t.Skipf("consul: WithNetns: %v", err)
+	}
+	if removed, err := netns.CleanupStale(); err != nil {
+		t.Logf("consul: removing leftovers of earlier runs: %v", err)
+	} else if len(removed) > 0 {
+		t.Logf("consul: removed leftovers of earlier runs: %s", strings.Join(removed, " "))
+	}
+	sw, err := netns.NewSwitch()
+	if err != nil {
+		t.Fatalf("consul: WithNetns: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := sw.Close(); err != nil {
+			t.Errorf("consul: removing namespaces: %v", err)
+		}
+	})
+	return sw
 }
 
 // Nodes returns the server followed by the clients.
@@ -283,7 +361,9 @@ func (n *Node) Pid() int {
 func (c *Cluster) launch(ctx context.Context, n *Node) error {
 	var lastErr error
 	for attempt := 1; attempt <= 3; attempt++ {
-		if err := c.allocatePorts(n); err != nil {
+		if n.Netns != "" {
+			n.fixedPorts()
+		} else if err := c.allocatePorts(n); err != nil {
 			return err
 		}
 		n.args = c.args(n)
@@ -308,9 +388,9 @@ func (c *Cluster) args(n *Node) []string {
 	a := []string{"agent",
 		"-node=" + n.Name,
 		"-datacenter=dc1",
-		"-bind=" + n.IP,
-		"-client=" + n.IP,
-		"-advertise=" + n.IP,
+		"-bind=" + n.AdvertiseIP,
+		"-client=" + n.clientAddrs(),
+		"-advertise=" + n.AdvertiseIP,
 		"-http-port=" + strconv.Itoa(n.HTTPPort),
 		"-dns-port=" + strconv.Itoa(n.DNSPort),
 		"-grpc-port=" + strconv.Itoa(n.GRPCPort),
@@ -326,7 +406,7 @@ func (c *Cluster) args(n *Node) []string {
 		a = append(a,
 			"-server=false",
 			"-data-dir="+n.DataDir,
-			"-retry-join="+net.JoinHostPort(c.Server.IP, strconv.Itoa(c.Server.SerfLANPort)),
+			"-retry-join="+c.serverSerfAddr(),
 			"-retry-interval=1s",
 		)
 		hcl = append(hcl, `leave_on_terminate = false`)
@@ -338,8 +418,31 @@ func (c *Cluster) args(n *Node) []string {
 	return a
 }
 
-// allocatePorts picks free ports on n.IP, holding all of them open until every one is picked so
-// the agent's own ports differ; TCP+UDP for the Serf and DNS ports.
+// clientAddrs returns the addresses the agent serves HTTP and DNS on (Consul's -client, a
+// space-separated list).
+func (n *Node) clientAddrs() string {
+	switch {
+	case n.Netns != "":
+		return n.IP + " 127.0.0.1"
+	case n.AdvertiseIP != n.IP:
+		return n.IP + " " + n.AdvertiseIP
+	default:
+		return n.IP
+	}
+}
+
+func (c *Cluster) serverSerfAddr() string {
+	return net.JoinHostPort(c.Server.AdvertiseIP, strconv.Itoa(c.Server.SerfLANPort))
+}
+
+// fixedPorts gives an agent in a namespace of its own Consul's default ports.
+func (n *Node) fixedPorts() {
+	n.HTTPPort, n.DNSPort, n.SerfLANPort, n.SerfWANPort, n.ServerPort, n.GRPCPort = 8500, 8600, 8301, 8302, 8300, 8502
+	n.HTTPAddr = net.JoinHostPort(n.IP, strconv.Itoa(n.HTTPPort))
+}
+
+// allocatePorts picks ports free on n.IP (and n.AdvertiseIP), holding all of them open until
+// every one is picked so the agent's own ports differ; TCP+UDP for the Serf and DNS ports.
 func (c *Cluster) allocatePorts(n *Node) error {
 	var closers []func()
 	defer func() {
@@ -347,6 +450,43 @@ func (c *Cluster) allocatePorts(n *Node) error {
 			f()
 		}
 	}()
+	// hold binds port (TCP and/or UDP) on every address of ips, or releases what it bound and
+	// says no
+	hold := func(port int, tcp, udp bool, ips []string) bool {
+		var mine []func()
+		ok := true
+		for _, ip := range ips {
+			addr := net.JoinHostPort(ip, strconv.Itoa(port))
+			if tcp {
+				if l, err := net.Listen("tcp", addr); err == nil {
+					mine = append(mine, func() { _ = l.Close() })
+				} else {
+					ok = false
+					break
+				}
+			}
+			if udp {
+				if u, err := net.ListenPacket("udp", addr); err == nil {
+					mine = append(mine, func() { _ = u.Close() })
+				} else {
+					ok = false
+					break
+				}
+			}
+		}
+		if !ok {
+			for _, f := range mine {
+				f()
+			}
+			return false
+		}
+		closers = append(closers, mine...)
+		return true
+	}
+	var others []string
+	if n.AdvertiseIP != "" && n.AdvertiseIP != n.IP {
+		others = append(others, n.AdvertiseIP)
+	}
 	pick := func(udp bool) (int, error) {
 		for range 50 {
 			l, err := net.Listen("tcp", net.JoinHostPort(n.IP, "0"))
@@ -354,18 +494,18 @@ func (c *Cluster) allocatePorts(n *Node) error {
 				return 0, fmt.Errorf("listen on %s: %w", n.IP, err)
 			}
 			port := l.Addr().(*net.TCPAddr).Port
-			if udp {
-				u, err := net.ListenPacket("udp", net.JoinHostPort(n.IP, strconv.Itoa(port)))
-				if err != nil {
-					_ = l.Close()
-					continue
-				}
-				closers = append(closers, func() { _ = u.Close() })
+			if udp && !hold(port, false, true, []string{n.IP}) {
+				_ = l.Close()
+				continue
+			}
+			if !hold(port, true, udp, others) {
+				_ = l.Close()
+				continue
 			}
 			closers = append(closers, func() { _ = l.Close() })
 			return port, nil
 		}
-		return 0, fmt.Errorf("no free TCP+UDP port on %s", n.IP)
+		return 0, fmt.Errorf("no free TCP+UDP port on %s", strings.Join(append([]string{n.IP}, others...), ", "))
 	}
 	var err error
 	ports := []struct {
@@ -401,6 +541,10 @@ func (c *Cluster) spawn(ctx context.Context, n *Node) error {
 	start, _ := logf.Seek(0, io.SeekEnd)
 
 	cmd := exec.Command(c.Binary, n.args...)
+	if n.Netns != "" {
+		// `ip netns exec` execs the agent: the pid stays the agent's
+		cmd = netns.Command(n.Netns, c.Binary, n.args...)
+	}
 	cmd.Dir = c.dir
 	cmd.Stdin = nil
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -550,6 +694,94 @@ func (c *Cluster) signalClient(i int, sig syscall.Signal) {
 	if err := syscall.Kill(-pid, sig); err != nil {
 		c.t.Fatalf("consul: signal %s: %v", n.Name, err)
 	}
+}
+
+// --- network partitions (WithNetns) ---
+
+// Partition cuts client agent i (0-based index into Clients) off the network, as if its node's
+// uplink died: it reaches neither the server, nor the other agents, nor the host, and processes of
+// the host cannot reach its HTTP API (connections time out, they are not refused). The agent keeps
+// running. The server notices through gossip like a lost node (the member turns failed, sessions
+// bound to the node's serfHealth check are invalidated); see WaitMemberStatus. Idempotent;
+// WithNetns only.
+func (c *Cluster) Partition(i int) {
+	c.t.Helper()
+	n := c.netnsClient(i)
+	if err := n.port.Cut(); err != nil {
+		c.t.Fatalf("consul: partition %s: %v", n.Name, err)
+	}
+}
+
+// Heal reconnects client agent i after Partition and waits (bounded by the start timeout) until
+// the server sees it alive. Reconnected, the agent asks to join the server again, as an agent
+// restarted with -retry-join would, rather than waiting for Serf's own periodic reconnection
+// (see HealLink). Idempotent; WithNetns only.
+func (c *Cluster) Heal(i int) {
+	c.t.Helper()
+	n := c.netnsClient(i)
+	if err := n.port.Restore(); err != nil {
+		c.t.Fatalf("consul: heal %s: %v", n.Name, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.startTimeout)
+	defer cancel()
+	if err := c.rejoin(ctx, n); err != nil {
+		c.t.Fatalf("consul: healed %s: %v", n.Name, err)
+	}
+	if err := c.waitMember(ctx, n.Name, MemberAlive); err != nil {
+		c.t.Fatalf("consul: healed %s not alive: %v", n.Name, err)
+	}
+}
+
+// HealLink reconnects client agent i after Partition and returns at once, leaving the agent and
+// the server to find each other by themselves, through gossip: right away after a partition of a
+// few seconds, but through Serf's reconnection of failed members (every 30s, randomized) after a
+// longer one; 18 to 47s were measured after 10 to 40s partitions. Idempotent; WithNetns only.
+func (c *Cluster) HealLink(i int) {
+	c.t.Helper()
+	n := c.netnsClient(i)
+	if err := n.port.Restore(); err != nil {
+		c.t.Fatalf("consul: heal %s: %v", n.Name, err)
+	}
+}
+
+// Partitioned tells whether client agent i is cut off by Partition. WithNetns only.
+func (c *Cluster) Partitioned(i int) bool {
+	c.t.Helper()
+	n := c.netnsClient(i)
+	up, err := n.port.Connected()
+	if err != nil {
+		c.t.Fatalf("consul: %s: %v", n.Name, err)
+	}
+	return !up
+}
+
+// rejoin asks agent n to join the server (a no-op when they already know each other), retrying
+// while its HTTP API does not answer yet.
+func (c *Cluster) rejoin(ctx context.Context, n *Node) error {
+	cl, err := n.newAPIClient()
+	if err != nil {
+		return err
+	}
+	for {
+		err := cl.Agent().Join(c.serverSerfAddr(), false)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("join %s: %w (%w)", c.serverSerfAddr(), err, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (c *Cluster) netnsClient(i int) *Node {
+	c.t.Helper()
+	n := c.client(i)
+	if n.port == nil {
+		c.t.Fatalf("consul: %s has no network namespace: start the cluster WithNetns", n.Name)
+	}
+	return n
 }
 
 func (c *Cluster) client(i int) *Node {

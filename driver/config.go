@@ -11,6 +11,7 @@ import (
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin/hclspec"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/announce"
 )
 
 // Defaults of the plugin block. They are declared twice on purpose: in the
@@ -24,6 +25,7 @@ const (
 	defaultDanglingPeriod  = 5 * time.Minute
 	defaultDanglingGrace   = 5 * time.Minute
 	defaultConsulAddress   = "127.0.0.1:8500"
+	defaultSyncerWatchdog  = 3 * time.Second
 	configAttrEndpoint     = "docker_endpoint"
 	configAttrPullTimeout  = "pull_timeout"
 	taskAttrPullTimeout    = "image_pull_timeout"
@@ -52,7 +54,12 @@ type PluginConfig struct {
 	AllowUnsafePlacement bool `msgpack:"allow_unsafe_placement"`
 	// VolumesEnabled allows bind mounts of absolute host paths from the
 	// task's mount blocks (relative sources stay inside the task dir).
-	VolumesEnabled bool          `msgpack:"volumes_enabled"`
+	VolumesEnabled bool `msgpack:"volumes_enabled"`
+	// SyncerWatchdog kills a syncer that has been silent on its role
+	// socket this long while master (frozen, hung): its lock is then
+	// released by the driver at once (fence.go) instead of after the
+	// session's TTL and lock-delay. "0" disables it.
+	SyncerWatchdog string        `msgpack:"syncer_watchdog"`
 	Consul         *ConsulConfig `msgpack:"consul"`
 	Nomad          *NomadConfig  `msgpack:"nomad"`
 	GC             *GCConfig     `msgpack:"gc"`
@@ -114,6 +121,7 @@ type settings struct {
 	allowPrivileged      bool
 	allowUnsafePlacement bool
 	volumesEnabled       bool
+	syncerWatchdog       time.Duration
 	consul               ConsulConfig
 	nomad                NomadConfig
 	gcImage              bool
@@ -142,6 +150,7 @@ func configSpec() *hclspec.Spec {
 		"allow_privileged":       hclspec.Default(hclspec.Attr("allow_privileged", "bool"), hclspec.Literal("false")),
 		"allow_unsafe_placement": hclspec.Default(hclspec.Attr("allow_unsafe_placement", "bool"), hclspec.Literal("false")),
 		"volumes_enabled":        hclspec.Default(hclspec.Attr("volumes_enabled", "bool"), hclspec.Literal("false")),
+		"syncer_watchdog":        hclspec.Default(hclspec.Attr("syncer_watchdog", "string"), hclspec.Literal(`"3s"`)),
 		"consul": hclspec.Block("consul", false, hclspec.Object(map[string]*hclspec.Spec{
 			"address":             hclspec.Default(hclspec.Attr("address", "string"), hclspec.Literal(`"`+defaultConsulAddress+`"`)),
 			"token":               hclspec.Attr("token", "string"),
@@ -263,6 +272,11 @@ func parsePluginConfig(raw []byte) (*settings, error) {
 	var err error
 	if s.pullTimeout, err = parseDuration(configAttrPullTimeout, c.PullTimeout, defaultPullTimeout); err != nil {
 		errs = append(errs, err)
+	}
+	if s.syncerWatchdog, err = parseDuration("syncer_watchdog", c.SyncerWatchdog, defaultSyncerWatchdog); err != nil {
+		errs = append(errs, err)
+	} else if s.syncerWatchdog != 0 && s.syncerWatchdog < 2*announce.DefaultSilence {
+		errs = append(errs, fmt.Errorf("%w: syncer_watchdog: %s is too short: at least %s (twice the gate's silence) or \"0\" to disable", plugin.ErrConfig, s.syncerWatchdog, 2*announce.DefaultSilence))
 	}
 	if c.AuthConfig != "" {
 		if _, err := os.Stat(c.AuthConfig); err != nil {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/announce"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/lease"
 )
 
@@ -125,4 +126,47 @@ func (d *Driver) consulClient() (*api.Client, error) {
 		return nil, fmt.Errorf("consul client: %w", err)
 	}
 	return c, nil
+}
+
+// syncerWatchdog kills the syncer's container when it has been silent on
+// its role socket for period while it last announced master: a frozen or
+// hung master syncer. Its app is already stopped by the gate after a second
+// of silence; killing the syncer lets releaseAfterSyncer hand the lock on at
+// once, where Consul would wait for the session's TTL (twice over, on 1.x
+// servers) and then the lock-delay. Nomad's restart block brings a fresh
+// syncer back, as a clone. A clone's silence blocks nobody and is left to
+// Nomad.
+func (h *taskHandle) syncerWatchdog(ctx context.Context, period time.Duration) {
+	gate := announce.Follow(ctx, announce.SocketPath(h.state.AllocDir), announce.GateConfig{Logger: h.d.logger.Named("watchdog")})
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-h.exited:
+			return
+		case now := <-tick.C:
+			st := gate.Status(now)
+			if !st.Connected || st.ReceivedAt.IsZero() || st.State.Role != announce.RoleMaster {
+				continue
+			}
+			silent := now.Sub(st.ReceivedAt)
+			if silent < period {
+				continue
+			}
+			cli, err := h.d.client()
+			if err != nil {
+				continue
+			}
+			h.killedByUs.Store(true)
+			if err := cli.ContainerKill(ctx, h.containerID, "SIGKILL"); err != nil && !isGoneOrStopped(err) {
+				h.d.logger.Warn("watchdog: killing a silent syncer failed", "task_id", h.taskID, "error", err)
+				continue
+			}
+			h.d.emit(h, "Syncer silent for %s while master (term %d): killed by the watchdog so a clone can take over", silent.Round(100*time.Millisecond), st.State.Term)
+			h.d.logger.Warn("watchdog killed a silent master syncer", "task_id", h.taskID, "silent", silent, "term", st.State.Term)
+			return
+		}
+	}
 }

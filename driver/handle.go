@@ -126,6 +126,11 @@ func newTaskHandle(d *Driver, taskID string, st driverState, lp *loggerProc) *ta
 	} else {
 		go h.watch(ctx)
 	}
+	if st.Syncer {
+		if period := d.settings().syncerWatchdog; period > 0 {
+			go h.syncerWatchdog(ctx, period)
+		}
+	}
 	return h
 }
 

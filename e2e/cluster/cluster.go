@@ -14,6 +14,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -81,6 +82,15 @@ type Node struct {
 
 	mu     sync.Mutex
 	allocs []*Alloc
+	events []Event
+}
+
+// Event is a task event the node's plugin sent (what the Nomad UI shows).
+type Event struct {
+	At      time.Time
+	AllocID string
+	Task    string
+	Message string
 }
 
 // Alloc is one allocation of the group on a node.
@@ -203,7 +213,75 @@ func (n *Node) startAgent(ctx context.Context) error {
 		return fmt.Errorf("plugin: %w", err)
 	}
 	n.Agent = agent
+	return n.followEvents()
+}
+
+func (n *Node) followEvents() error {
+	stream, err := n.Agent.TaskEvents(n.C.ctx)
+	if err != nil {
+		return fmt.Errorf("task events: %w", err)
+	}
+	go func() {
+		for {
+			ev, err := stream.Recv()
+			if err != nil {
+				return
+			}
+			n.mu.Lock()
+			n.events = append(n.events, Event{At: ev.GetTimestamp().AsTime(), AllocID: ev.GetAllocId(), Task: ev.GetTaskName(), Message: ev.GetMessage()})
+			n.mu.Unlock()
+		}
+	}()
 	return nil
+}
+
+// CrashPlugin kills the node's plugin with SIGKILL and does what a Nomad client does next:
+// launches a new one, configures it and recovers every task of the node's live allocations
+// from their handles. Containers, syncers and their Consul sessions are expected to survive.
+func (n *Node) CrashPlugin(ctx context.Context) error {
+	if err := n.Agent.CrashPlugin(ctx); err != nil {
+		return fmt.Errorf("%s: %w", n.Name, err)
+	}
+	if err := n.followEvents(); err != nil {
+		return err
+	}
+	for _, a := range n.Allocs() {
+		if a.isStopped() {
+			continue
+		}
+		s, app := a.Tasks()
+		for _, t := range []*harness.Task{s, app} {
+			if t == nil {
+				continue
+			}
+			if err := n.Agent.RecoverTask(ctx, t); err != nil {
+				return fmt.Errorf("%s: recovering %s: %w", n.Name, t.ID(), err)
+			}
+		}
+		go a.superviseSyncer(s) //nolint:contextcheck // supervision lives as long as the cluster, not this call
+		go a.superviseApp(app)  //nolint:contextcheck // supervision lives as long as the cluster, not this call
+	}
+	return nil
+}
+
+// Events returns the task events the node's plugins sent so far.
+func (n *Node) Events() []Event {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]Event(nil), n.events...)
+}
+
+// EventsMatching returns the events of any node whose message contains s.
+func (c *Cluster) EventsMatching(s string) []Event {
+	var out []Event
+	for _, n := range c.Nodes {
+		for _, e := range n.Events() {
+			if strings.Contains(e.Message, s) {
+				out = append(out, e)
+			}
+		}
+	}
+	return out
 }
 
 // ConsulAddr is the node's Consul agent HTTP address.

@@ -6,6 +6,7 @@ package failover
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -19,6 +20,7 @@ func TestFailoverScenarios(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	c := cluster.Start(ctx, t, cluster.Options{})
+	t.Run("plugin-crash", func(t *testing.T) { pluginCrashKeepsTheLock(ctx, t, c) })
 	for _, f := range cluster.Faults {
 		ok := t.Run(string(f), func(t *testing.T) {
 			r, err := c.Run(ctx, f)
@@ -38,10 +40,62 @@ func TestFailoverScenarios(t *testing.T) {
 			if r.New == r.OldMaster {
 				t.Errorf("the old master %s was not replaced", r.OldMaster.ID)
 			}
+			// What the Nomad UI shows, and which path ended the old mastership.
+			want := []string{fmt.Sprintf("Elected master (term %d)", r.NewTerm)}
+			switch f {
+			case cluster.KillSyncer:
+				want = append(want, fmt.Sprintf("lock of term %d released", r.OldTerm))
+			case cluster.FreezeSyncer:
+				want = append(want, "killed by the watchdog", fmt.Sprintf("lock of term %d released", r.OldTerm))
+			}
+			for _, w := range want {
+				if len(c.EventsMatching(w)) == 0 {
+					t.Errorf("no task event saying %q", w)
+				}
+			}
 		})
 		if !ok {
 			t.Logf("holder history: %s", c.History().String())
 			break
 		}
 	}
+}
+
+// pluginCrashKeepsTheLock: a crash of the master node's plugin costs nothing: the syncer and its
+// session live in their own container, the app keeps running and writing at the same term, and
+// the new plugin re-attaches to both.
+func pluginCrashKeepsTheLock(ctx context.Context, t *testing.T, c *cluster.Cluster) {
+	m, term, err := c.Master(ctx)
+	if err != nil || m == nil {
+		t.Fatalf("no master: %v", err)
+	}
+	crash := time.Now()
+	if err := m.Node.CrashPlugin(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second) // longer than the gate's silence and the lease's validity
+	after, afterTerm, err := c.Master(ctx)
+	if err != nil || after != m || afterTerm != term {
+		t.Fatalf("after the plugin crash the master is %v at term %d, want %s at term %d (err %v); holders: %s",
+			after, afterTerm, m.ID, term, err, c.History().String())
+	}
+	ws, err := cluster.ReadWrites(m.WitnessFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var before, since int
+	for _, w := range ws {
+		switch {
+		case w.Term != term:
+		case w.At.Before(crash):
+			before++
+		case w.At.After(crash.Add(2 * time.Second)):
+			since++
+		}
+	}
+	if before == 0 || since == 0 {
+		t.Fatalf("the master's app wrote %d lines before the crash and %d from 2 s after it: it must keep writing", before, since)
+	}
+	// the recovered app is watched again: a stop now must reach it
+	t.Logf("plugin crash on %s: still master at term %d, %d writes since", m.Node.Name, term, since)
 }

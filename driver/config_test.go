@@ -33,7 +33,8 @@ func TestPluginConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if s.endpoint != defaultDockerSocket || s.pullTimeout != 5*time.Minute || !s.gcImage || s.gcImageDelay != 3*time.Minute ||
-		!s.gcContainer || s.allowPrivileged || s.allowUnsafePlacement || !s.danglingEnabled || s.danglingPeriod != 5*time.Minute {
+		!s.gcContainer || s.allowPrivileged || s.allowUnsafePlacement || !s.danglingEnabled || s.danglingPeriod != 5*time.Minute ||
+		s.syncerWatchdog != 3*time.Second || !boolOr(s.consul.ReleaseDeadSyncer, true) {
 		t.Errorf("defaults: %+v", s)
 	}
 	t.Setenv("DOCKER_HOST", "tcp://127.0.0.1:2375")
@@ -49,15 +50,17 @@ func TestPluginConfigValues(t *testing.T) {
 		"gc": map[string]any{"image": false, "image_delay": "10m", "container": true,
 			"dangling_containers": map[string]any{"enabled": false, "period": "1m", "creation_grace": "2m"}},
 		"allow_privileged": true, "allow_unsafe_placement": true,
-		"consul": map[string]any{"address": "10.0.0.1:8500", "token": "t"},
-		"nomad":  map[string]any{"address": "https://nomad:4646"},
+		"consul":          map[string]any{"address": "10.0.0.1:8500", "token": "t", "release_dead_syncer": false},
+		"nomad":           map[string]any{"address": "https://nomad:4646"},
+		"syncer_watchdog": "0",
 	}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if s.endpoint != "unix:///run/other.sock" || s.pullTimeout != 90*time.Second || s.gcImage || s.gcImageDelay != 10*time.Minute ||
 		s.danglingEnabled || s.danglingPeriod != time.Minute || s.danglingGrace != 2*time.Minute ||
-		!s.allowPrivileged || !s.allowUnsafePlacement || s.consul.Address != "10.0.0.1:8500" || s.nomad.Address != "https://nomad:4646" {
+		!s.allowPrivileged || !s.allowUnsafePlacement || s.consul.Address != "10.0.0.1:8500" || s.nomad.Address != "https://nomad:4646" ||
+		s.syncerWatchdog != 0 || boolOr(s.consul.ReleaseDeadSyncer, true) {
 		t.Errorf("values: %+v", s)
 	}
 }
@@ -79,6 +82,9 @@ func TestPluginConfigErrorsNameTheField(t *testing.T) {
 		{map[string]any{"docker_tls": map[string]any{"ca_file": "/no/such/ca.pem"}}, "docker_tls.ca_file"},
 		{map[string]any{"nomad": map[string]any{"address": "nomad:4646"}}, "nomad.address"},
 		{map[string]any{"bogus": true}, "bogus"},
+		{map[string]any{"syncer_watchdog": "1s"}, "syncer_watchdog"},
+		{map[string]any{"syncer_watchdog": "often"}, "syncer_watchdog"},
+		{map[string]any{"consul": map[string]any{"release_dead_syncer": "yes"}}, "release_dead_syncer"},
 	} {
 		_, err := parsePluginConfig(mp(t, tc.cfg))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -103,6 +109,19 @@ func TestTaskKinds(t *testing.T) {
 	}
 	if _, _, err := decodeTaskConfig(mp(t, map[string]any{"syncer": map[string]any{"port": ""}})); err == nil || !strings.Contains(err.Error(), "syncer.port") {
 		t.Errorf("empty syncer port: %v", err)
+	}
+	if _, _, err := decodeTaskConfig(mp(t, map[string]any{"syncer": map[string]any{"port": "sync", "session_ttl": "15s", "lock_delay": "15s"}})); err != nil {
+		t.Errorf("Consul's default lock settings: %v", err)
+	}
+	for _, bad := range []map[string]any{
+		{"port": "sync", "session_ttl": "soon"},
+		{"port": "sync", "lock_delay": "-2s"},
+		{"port": "sync", "session_ttl": "500ms"},                  // below Consul's 1s floor
+		{"port": "sync", "session_ttl": "3s", "lock_delay": "5s"}, // a lock-delay above the TTL
+	} {
+		if _, _, err := decodeTaskConfig(mp(t, map[string]any{"syncer": bad})); err == nil || !strings.Contains(err.Error(), "syncer.") {
+			t.Errorf("%v: want an error naming the syncer option, got %v", bad, err)
+		}
 	}
 	tc, kind, err = decodeTaskConfig(mp(t, map[string]any{"image": "redis:7", "labels": []map[string]string{{"a": "b"}}}))
 	if err != nil || kind != kindApp || tc.Labels["a"] != "b" {

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -28,6 +29,7 @@ import (
 	"time"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/cluster"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/netns"
 )
 
 func main() {
@@ -80,7 +82,12 @@ func bench(ctx context.Context, t testing.TB, faults []cluster.Fault, reps, yrep
 	fmt.Printf("bench-failover: %d runs per scenario, yard-stick %d runs; starting two 3-node clusters\n", reps, yreps)
 	ours := &series{samples: map[cluster.Fault][]time.Duration{}}
 	yard := &series{samples: map[cluster.Fault][]time.Duration{}}
-	c := cluster.Start(ctx, t, cluster.Options{Job: "bench"})
+	useNetns := netns.Available() == nil //nolint:contextcheck // bounded by the helper's own timeout
+	if !useNetns {
+		faults = slices.DeleteFunc(slices.Clone(faults), func(f cluster.Fault) bool { return f == cluster.Partition })
+		fmt.Println("bench-failover: no network namespaces here (needs root and iproute2): the partition scenario is skipped")
+	}
+	c := cluster.Start(ctx, t, cluster.Options{Job: "bench", Netns: useNetns})
 	y := cluster.Start(ctx, t, cluster.Options{Job: "yardstick", SessionTTL: "15s", LockDelay: "15s", PlainConsulLock: true})
 
 	var wg sync.WaitGroup

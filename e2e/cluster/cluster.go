@@ -44,6 +44,9 @@ type Options struct {
 	// Jobspec, when set, replaces the built-in writer group: its job, group, ports and task
 	// configs are used as a Nomad server would hand them to the clients.
 	Jobspec *Jobspec
+	// Netns runs each node's Consul agent in a network namespace of its own (e2e/consul
+	// WithNetns), which the Partition fault needs; the nodes' own processes stay on loopback.
+	Netns bool
 	// ImageAliases are extra tags given to the locally built test image before anything
 	// starts (e.g. the demo jobspec's bedrock-demo:latest).
 	ImageAliases []string
@@ -75,7 +78,7 @@ type Node struct {
 	C     *Cluster
 	Index int
 	Name  string
-	// IP is the node's loopback address (its Consul agent's).
+	// IP is the node's loopback address, where its syncer and app ports are bound.
 	IP    string
 	Agent *harness.Client
 	root  string
@@ -138,7 +141,11 @@ func Start(ctx context.Context, t testing.TB, opts Options) *Cluster {
 	c := &Cluster{T: t, Opts: opts, ctx: ctx, cancel: cancel, secret: "e2e-secret-" + harness.NewAllocID()[:16]}
 	c.LeaderKey = lease.KeyPrefix("", "default", opts.Job, opts.Group) + "/leader"
 
-	c.Consul = consul.Start(t, consul.WithClients(opts.Nodes)) //nolint:contextcheck // bounded by the helper's start timeout
+	copts := []consul.Option{consul.WithClients(opts.Nodes)}
+	if opts.Netns {
+		copts = append(copts, consul.WithNetns())
+	}
+	c.Consul = consul.Start(t, copts...) //nolint:contextcheck // bounded by the helper's start timeout
 	bctx, bcancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer bcancel()
 	var err error
@@ -160,8 +167,9 @@ func Start(ctx context.Context, t testing.TB, opts Options) *Cluster {
 	t.Cleanup(c.stop)
 
 	for i := 0; i < opts.Nodes; i++ {
-		agent := c.Consul.Clients[i]
-		n := &Node{C: c, Index: i, Name: fmt.Sprintf("node-%d", i+1), IP: agent.IP, root: t.TempDir()}
+		// the node's own processes (syncer, app) bind a loopback address of their own; the
+		// Consul agent may live in a namespace (see ConsulAddr)
+		n := &Node{C: c, Index: i, Name: fmt.Sprintf("node-%d", i+1), IP: fmt.Sprintf("127.0.0.%d", i+2), root: t.TempDir()}
 		if err := n.startAgent(bctx); err != nil {
 			t.Fatalf("cluster: %s: %v", n.Name, err)
 		}

@@ -26,10 +26,13 @@ const (
 	NodeLoss Fault = "node-loss"
 	// Graceful: the master's allocation is stopped (nomad alloc stop) and replaced.
 	Graceful Fault = "graceful"
+	// Partition: the master's node is cut off from Consul (its agent's network namespace is
+	// disconnected) and later reconnected. Needs Options.Netns.
+	Partition Fault = "partition"
 )
 
 // Faults lists the scenarios in a sensible order.
-var Faults = []Fault{Graceful, KillApp, KillSyncer, FreezeSyncer, NodeLoss}
+var Faults = []Fault{Graceful, KillApp, KillSyncer, FreezeSyncer, NodeLoss, Partition}
 
 // Result is one scenario's outcome.
 type Result struct {
@@ -152,6 +155,12 @@ func (c *Cluster) Inject(ctx context.Context, a *Alloc, fault Fault) error {
 	case Graceful:
 		go a.Stop(context.WithoutCancel(ctx))
 		return nil
+	case Partition:
+		if !c.Opts.Netns {
+			return errors.New("the partition fault needs a cluster started with Options.Netns")
+		}
+		c.Consul.Partition(a.Node.Index) //nolint:contextcheck // bounded by the helper's own timeout
+		return nil
 	}
 	return fmt.Errorf("unknown fault %q", fault)
 }
@@ -191,6 +200,9 @@ func (c *Cluster) Restore(ctx context.Context, a *Alloc, fault Fault) (*Alloc, e
 		return a, nil // restarted in place by superviseSyncer
 	case FreezeSyncer:
 		return a, c.signal(ctx, a, "syncer", "SIGCONT")
+	case Partition:
+		c.Consul.Heal(n.Index) //nolint:contextcheck // bounded by the helper's start timeout
+		return a, nil
 	case NodeLoss:
 		c.Consul.RestartClient(n.Index) //nolint:contextcheck // bounded by the Consul helper's own start timeout
 		if err := n.startAgent(ctx); err != nil {

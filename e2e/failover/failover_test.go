@@ -7,10 +7,12 @@ package failover
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/cluster"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/netns"
 )
 
 func TestFailoverScenarios(t *testing.T) {
@@ -19,9 +21,14 @@ func TestFailoverScenarios(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	c := cluster.Start(ctx, t, cluster.Options{})
+	opts, faults := cluster.Options{Netns: true}, cluster.Faults
+	if err := netns.Available(); err != nil {
+		t.Logf("the partition scenario needs network namespaces: %v; running the others", err)
+		opts.Netns, faults = false, slices.DeleteFunc(slices.Clone(faults), func(f cluster.Fault) bool { return f == cluster.Partition })
+	}
+	c := cluster.Start(ctx, t, opts)
 	t.Run("plugin-crash", func(t *testing.T) { pluginCrashKeepsTheLock(ctx, t, c) })
-	for _, f := range cluster.Faults {
+	for _, f := range faults {
 		ok := t.Run(string(f), func(t *testing.T) {
 			r, err := c.Run(ctx, f)
 			if err != nil {

@@ -98,6 +98,11 @@ type Status struct {
 	Error    string        `json:"error,omitempty"`
 	Progress Progress      `json:"initial_sync"`
 	Clones   []CloneStatus `json:"clones,omitempty"`
+	// MasterSeq is, on a clone, the master's head as last heard (handshake,
+	// live operations, heartbeats); Lag is how many operations the clone's
+	// copy is behind it, once the initial sync is done.
+	MasterSeq uint64 `json:"master_seq,omitempty"`
+	Lag       uint64 `json:"lag,omitempty"`
 }
 
 // Syncer runs one instance's replication.
@@ -199,6 +204,10 @@ func (s *Syncer) Status() Status {
 		st.Position = cs.Position
 		st.CaughtUp, st.Synced, st.Healthy = cs.CaughtUp, cs.Synced, cs.Healthy && errs == ""
 		st.Progress = cs.Progress
+		st.MasterSeq = cs.MasterSeq
+		if cs.Synced && cs.MasterSeq > cs.Position.Seq {
+			st.Lag = cs.MasterSeq - cs.Position.Seq
+		}
 		if cs.Error != "" {
 			st.Error = cs.Error
 		}

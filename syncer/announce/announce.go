@@ -80,6 +80,20 @@ type Progress struct {
 	Done       bool  `json:"done"`
 }
 
+// Percent is how far the initial sync is, 0 to 100, by bytes (by files when there are no
+// bytes to copy). It is 100 only when the sync is done or there is nothing to copy.
+func (p Progress) Percent() int {
+	switch {
+	case p.Done:
+		return 100
+	case p.BytesTotal > 0:
+		return int(min(max(p.BytesDone, 0)*100/p.BytesTotal, 99))
+	case p.FilesTotal > 0:
+		return int(min(max(p.FilesDone, 0)*100/p.FilesTotal, 99))
+	}
+	return 100
+}
+
 // State is what the syncer announces.
 type State struct {
 	// Role is the syncer's role.
@@ -96,6 +110,10 @@ type State struct {
 	Deadline time.Time
 	// MasterAddr is where the master's syncer listens (informative for clones).
 	MasterAddr string
+	// Lag is, on a clone that follows a master, how many operations its copy is behind the
+	// master's head as last heard (0: caught up). Meaningful only once CaughtUp (the initial
+	// sync done); zero otherwise.
+	Lag uint64
 	// Progress is the initial sync's progress (nil when not syncing).
 	Progress *Progress
 	// Message is a human sentence for task events ("promoted to master at term 7").
@@ -115,6 +133,7 @@ type message struct {
 	CaughtUp   bool      `json:"caught_up"`
 	DeadlineIn int64     `json:"deadline_in_ns"` // time left at SentAt; 0: no deadline
 	MasterAddr string    `json:"master_addr,omitempty"`
+	Lag        uint64    `json:"lag,omitempty"` // added in v1 without a version bump: older receivers ignore it
 	Progress   *Progress `json:"progress,omitempty"`
 	Message    string    `json:"message,omitempty"`
 }
@@ -132,7 +151,7 @@ type report struct {
 // for the time left).
 func encode(s State, seq, version uint64, now time.Time) ([]byte, error) {
 	m := message{V: Version, Seq: seq, Version: version, SentAt: now.Round(0), Role: s.Role, Term: s.Term, Position: s.Position,
-		CaughtUp: s.CaughtUp, MasterAddr: s.MasterAddr, Progress: s.Progress, Message: s.Message}
+		CaughtUp: s.CaughtUp, MasterAddr: s.MasterAddr, Lag: s.Lag, Progress: s.Progress, Message: s.Message}
 	if m.Role == "" {
 		m.Role = RoleUnknown
 	}
@@ -171,7 +190,7 @@ func decode(line []byte, recv time.Time) (decoded, error) {
 		return decoded{}, errors.New("announce: negative deadline")
 	}
 	s := State{Role: m.Role, Term: m.Term, Position: m.Position, CaughtUp: m.CaughtUp,
-		MasterAddr: m.MasterAddr, Progress: m.Progress, Message: m.Message}
+		MasterAddr: m.MasterAddr, Lag: m.Lag, Progress: m.Progress, Message: m.Message}
 	if m.DeadlineIn > 0 {
 		// Time in transit by the shared wall clock (same host). A negative transit means the
 		// wall clock stepped back: count it as zero (the heartbeat bounds the error).

@@ -194,7 +194,7 @@ func (g *Gate) publishLocked(now time.Time) {
 // is deliberately left out (the gate's flips carry it).
 func sameState(a, b State) bool {
 	pa, pb := a.Progress, b.Progress
-	return a.Role == b.Role && a.Term == b.Term && a.CaughtUp == b.CaughtUp && a.MasterAddr == b.MasterAddr &&
+	return a.Role == b.Role && a.Term == b.Term && a.CaughtUp == b.CaughtUp && a.MasterAddr == b.MasterAddr && a.Lag == b.Lag &&
 		a.Message == b.Message && a.Position == b.Position &&
 		((pa == nil && pb == nil) || (pa != nil && pb != nil && *pa == *pb))
 }

@@ -52,6 +52,7 @@ type Announcer struct {
 	nextID  uint64
 	reports map[uint64]report // per connection: the gate's last report (reporting gates only)
 	repCh   chan struct{}     // closed and replaced on every report change
+	notify  chan struct{}     // closed and replaced on every Set and report change
 }
 
 // ErrNoGate means no connected gate reports on the app: nobody can confirm it stopped, so the
@@ -81,7 +82,7 @@ func Listen(ctx context.Context, path string, cfg AnnouncerConfig) (*Announcer, 
 	actx, cancel := context.WithCancel(ctx)
 	a := &Announcer{path: path, cfg: cfg, log: log.Named("announce"), l: l, ctx: actx, cancel: cancel,
 		state: State{Role: RoleUnknown}, version: 1, changed: make(chan struct{}),
-		reports: map[uint64]report{}, repCh: make(chan struct{})}
+		reports: map[uint64]report{}, repCh: make(chan struct{}), notify: make(chan struct{})}
 	a.wg.Add(2)
 	go a.accept(actx)
 	go func() {
@@ -99,27 +100,34 @@ func (a *Announcer) Path() string { return a.path }
 // change, including every lease renewal that moved the deadline: heartbeats resend the state
 // with a fresh time-left but never move the deadline themselves.
 func (a *Announcer) Set(s State) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.setLocked(s)
+}
+
+func (a *Announcer) setLocked(s State) {
 	if s.Role == "" {
 		s.Role = RoleUnknown
 	}
 	if s.Role != RoleMaster {
 		s.Deadline = time.Time{}
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	a.state = s
 	a.version++
 	close(a.changed)
 	a.changed = make(chan struct{})
+	a.notifyLocked()
 }
 
-// Update changes the announced state with fn under the announcer's lock and pushes it.
+// Update changes the announced state with fn and pushes it, atomically: no Set can come
+// between the state fn sees and the one it leaves. fn runs under the announcer's lock and
+// must not call the Announcer.
 func (a *Announcer) Update(fn func(*State)) {
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	s := a.state
-	a.mu.Unlock()
 	fn(&s)
-	a.Set(s)
+	a.setLocked(s)
 }
 
 // State returns the announced state.
@@ -127,6 +135,39 @@ func (a *Announcer) State() State {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.state
+}
+
+// App is what the connected gates report on the app.
+type App struct {
+	// Reporting is how many connected gates report on the app (0: nobody can tell).
+	Reporting int
+	// Running tells whether any of them reported the app running in its last report.
+	Running bool
+}
+
+// App returns what the connected gates last reported on the app.
+func (a *Announcer) App() App {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	app := App{Reporting: len(a.reports)}
+	for _, r := range a.reports {
+		app.Running = app.Running || r.AppRunning
+	}
+	return app
+}
+
+// Changed returns a channel closed at the next change of the announced state or of a gate's
+// report (see State and App): a watcher reads both, then waits on a fresh Changed.
+func (a *Announcer) Changed() <-chan struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.notify
+}
+
+// notifyLocked wakes Changed's waiters. Called with a.mu held.
+func (a *Announcer) notifyLocked() {
+	close(a.notify)
+	a.notify = make(chan struct{})
 }
 
 // WaitAppStopped waits until every gate that reports on the app has reported it not running
@@ -174,6 +215,7 @@ func (a *Announcer) setReportLocked(id uint64, r report, ok bool) {
 	}
 	close(a.repCh)
 	a.repCh = make(chan struct{})
+	a.notifyLocked()
 }
 
 // Close stops serving, disconnects every client and removes the socket. Gates see the

@@ -39,6 +39,13 @@ type Local interface {
 	Serving(term uint64) bool
 }
 
+// LagReporter is optionally implemented by Local: how many operations a
+// clone's copy is behind its master's head as last heard, known once the
+// initial sync is done. The elector announces it (announce.State.Lag).
+type LagReporter interface {
+	Lag() (lag uint64, known bool)
+}
+
 // Config configures an Elector.
 type Config struct {
 	Leaser    lease.Leaser
@@ -48,7 +55,18 @@ type Config struct {
 	// PromoteTimeout bounds the wait for the syncer to serve as master
 	// after winning (default 10s); past it the lease is released.
 	PromoteTimeout time.Duration
+	// StepDown, if set, is called when this instance steps down, after the
+	// announcement and before the lock is released (e.g. to take the master
+	// tag off the service registration); ctx bounds it.
+	StepDown func(ctx context.Context)
+	// Refresh is how often the announced position, caught-up flag and lag
+	// are refreshed between role changes (default 1s), for the driver's task
+	// events and the service check.
+	Refresh time.Duration
 }
+
+// stepDownTimeout bounds Config.StepDown, which runs while the app stops.
+const stepDownTimeout = time.Second
 
 // Elector runs the election for one instance.
 type Elector struct {
@@ -67,6 +85,9 @@ func New(cfg Config) (*Elector, error) {
 	}
 	if cfg.PromoteTimeout <= 0 {
 		cfg.PromoteTimeout = 10 * time.Second
+	}
+	if cfg.Refresh <= 0 {
+		cfg.Refresh = time.Second
 	}
 	return &Elector{cfg: cfg, log: cfg.Logger, roles: make(chan Role, 1)}, nil
 }
@@ -90,17 +111,61 @@ func (e *Elector) send(r Role) {
 
 func (e *Elector) announce(role announce.Role, term uint64, deadline time.Time, masterAddr, msg string) {
 	info := e.cfg.Local.Info()
+	lag, _ := e.lag(info)
 	e.cfg.Announcer.Set(announce.State{
 		Role: role, Term: term, Deadline: deadline, MasterAddr: masterAddr, Message: msg,
 		Position: announce.Position{Term: info.Position.Term, Seq: info.Position.Seq},
-		CaughtUp: info.CaughtUp,
+		CaughtUp: info.CaughtUp, Lag: lag,
 	})
+}
+
+// lag is the local copy's lag, when known and meaningful (caught up).
+func (e *Elector) lag(info lease.Info) (uint64, bool) {
+	lr, ok := e.cfg.Local.(LagReporter)
+	if !ok || !info.CaughtUp {
+		return 0, false
+	}
+	return lr.Lag()
+}
+
+// refresh keeps the announced position, caught-up flag and lag current
+// between role changes. It changes nothing else, and nothing at all when a
+// role change came between reading the local syncer and announcing.
+func (e *Elector) refresh(ctx context.Context) {
+	t := time.NewTicker(e.cfg.Refresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		before := e.cfg.Announcer.State()
+		info := e.cfg.Local.Info()
+		lag, _ := e.lag(info)
+		pos := announce.Position{Term: info.Position.Term, Seq: info.Position.Seq}
+		if before.Position == pos && before.CaughtUp == info.CaughtUp && before.Lag == lag {
+			continue
+		}
+		e.cfg.Announcer.Update(func(s *announce.State) {
+			if s.Role != before.Role || s.Term != before.Term || s.MasterAddr != before.MasterAddr || s.Message != before.Message {
+				return // a newer announcement: it read the syncer itself
+			}
+			s.Position, s.CaughtUp, s.Lag = pos, info.CaughtUp, lag
+			if info.CaughtUp && s.Progress != nil {
+				s.Progress = nil
+			}
+		})
+	}
 }
 
 // Run campaigns until ctx ends, following the master while not holding
 // the lock. It returns after the graceful hand-over.
 func (e *Elector) Run(ctx context.Context) error {
 	e.announce(announce.RoleCandidate, 0, time.Time{}, "", "waiting for the election")
+	rctx, stopRefresh := context.WithCancel(ctx)
+	defer stopRefresh()
+	go e.refresh(rctx)
 	for {
 		// Follow the holder while campaigning; stop following while master.
 		fctx, stopFollow := context.WithCancel(ctx)
@@ -181,12 +246,21 @@ func (e *Elector) demote(term uint64, why string) {
 }
 
 // release hands over gracefully: announce, wait for the app to stop
-// (bounded by the deadline), then release the lock.
+// (bounded by the deadline) and for StepDown, then release the lock.
 func (e *Elector) release(ctx context.Context, l lease.Lease, term uint64) error {
 	// ctx has ended (that is why we release): the hand-over runs on its
 	// own bounded contexts.
 	ctx = context.WithoutCancel(ctx)
 	e.announce(announce.RoleClone, term, time.Time{}, "", "stepping down")
+	stepped := make(chan struct{})
+	go func() {
+		defer close(stepped)
+		if e.cfg.StepDown != nil {
+			sctx, scancel := context.WithTimeout(ctx, stepDownTimeout)
+			defer scancel()
+			e.cfg.StepDown(sctx)
+		}
+	}()
 	wctx, cancel := context.WithDeadline(ctx, l.Deadline().Add(time.Second))
 	defer cancel()
 	if err := e.cfg.Announcer.WaitAppStopped(wctx); err != nil && !errors.Is(err, announce.ErrNoGate) {
@@ -194,6 +268,7 @@ func (e *Elector) release(ctx context.Context, l lease.Lease, term uint64) error
 		// after it has passed.
 		time.Sleep(time.Until(l.Deadline()))
 	}
+	<-stepped
 	rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
 	defer rcancel()
 	if err := l.Release(rctx); err != nil {

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
@@ -70,16 +73,72 @@ func isGated(allocDir string) bool {
 // container already runs (a recovered master).
 func (h *taskHandle) runGated(ctx context.Context, running bool) {
 	gate := announce.Follow(ctx, announce.SocketPath(h.state.AllocDir), announce.GateConfig{Logger: h.d.logger.Named("gate")})
+	gateLoop(ctx, gate, handleApp{h}, running)
+}
+
+// gatedApp is what the gate loop does to the app's container and the task:
+// the task handle does it with Docker, the unit tests with a fake.
+type gatedApp interface {
+	// start starts the container; the channels report its next exit.
+	start(ctx context.Context) (<-chan container.WaitResponse, <-chan error, error)
+	// stop stops a running container within the stop budget.
+	stop(ctx context.Context, exitC <-chan container.WaitResponse, errC <-chan error) error
+	// wait follows a container that already runs.
+	wait(ctx context.Context) (<-chan container.WaitResponse, <-chan error)
+	// fenced tells whether the driver's fence stopped the app (fence.go).
+	fenced() bool
+	// exited ends the task with the app's own exit.
+	exited(ctx context.Context)
+	// fail ends the task with err.
+	fail(err error)
+	// removed ends the task: the container was removed outside of Nomad.
+	removed()
+	// emit sends a task event.
+	emit(msg string)
+	// logError logs a failure that does not end the task.
+	logError(msg string, err error)
+}
+
+// handleApp is the gated app of a task handle.
+type handleApp struct{ h *taskHandle }
+
+func (a handleApp) start(ctx context.Context) (<-chan container.WaitResponse, <-chan error, error) {
+	return a.h.startGated(ctx)
+}
+
+func (a handleApp) stop(ctx context.Context, exitC <-chan container.WaitResponse, errC <-chan error) error {
+	return a.h.stopGated(ctx, exitC, errC)
+}
+
+func (a handleApp) wait(ctx context.Context) (<-chan container.WaitResponse, <-chan error) {
+	return a.h.waitExit(ctx, container.WaitConditionNotRunning)
+}
+
+func (a handleApp) fenced() bool               { return a.h.fenced.Load() }
+func (a handleApp) exited(ctx context.Context) { a.h.recordExit(ctx) }
+func (a handleApp) fail(err error)             { a.h.setExit(&plugin.ExitResult{ExitCode: -1, Err: err}) }
+func (a handleApp) removed() {
+	a.fail(fmt.Errorf("container %s was removed outside of Nomad", shortID(a.h.containerID)))
+}
+func (a handleApp) emit(msg string) { a.h.d.emit(a.h, "%s", msg) }
+func (a handleApp) logError(msg string, err error) {
+	a.h.d.logger.Error(msg, "task_id", a.h.taskID, "error", err)
+}
+
+// gateLoop runs the app while the gate is open and tells the task's story
+// in task events (gateEvents) until ctx ends or the task does.
+func gateLoop(ctx context.Context, gate *announce.Gate, app gatedApp, running bool) {
 	gate.Report(running)
 	started := time.Now()
 	var exitC <-chan container.WaitResponse
 	var errC <-chan error
 	if running {
-		exitC, errC = h.waitExit(ctx, container.WaitConditionNotRunning)
+		exitC, errC = app.wait(ctx)
 	}
-	lastReason := ""
+	var ev gateEvents
 	for {
-		st := gate.Status(time.Now())
+		now := time.Now()
+		st := gate.Status(now)
 		// A recovered master keeps running until the gate has had one
 		// silence period to reconnect: a plugin restart must not cost the
 		// app. A deadline that passed meanwhile closes it at the first line.
@@ -87,28 +146,27 @@ func (h *taskHandle) runGated(ctx context.Context, running bool) {
 		switch {
 		case st.Open && !running:
 			var err error
-			exitC, errC, err = h.startGated(ctx)
+			exitC, errC, err = app.start(ctx)
 			if err != nil {
-				h.d.emit(h, "Could not start the app as master: %v", err)
-				h.setExit(&plugin.ExitResult{ExitCode: -1, Err: err})
+				app.emit(fmt.Sprintf("Could not start the app as master: %v", err))
+				app.fail(err)
 				return
 			}
 			running = true
 			gate.Report(true)
-			h.d.emit(h, "Elected master (term %d): app started", st.State.Term)
+			app.emit(ev.started(st.State.Term))
 		case !st.Open && running && !grace:
-			if err := h.stopGated(ctx, exitC, errC); err != nil {
-				h.d.logger.Error("stopping the gated app failed", "task_id", h.taskID, "error", err)
+			if err := app.stop(ctx, exitC, errC); err != nil {
+				app.logError("stopping the gated app failed", err)
 			}
 			running, exitC, errC = false, nil, nil
 			gate.Report(false)
-			h.d.emit(h, "App stopped: %s", st.Reason)
-		}
-		if !running && st.Reason != lastReason && st.Reason != "" {
-			lastReason = st.Reason
-			if msg := st.State.Message; msg != "" {
-				h.d.emit(h, "%s", msg)
+			if msg := ev.stopped(now, st); msg != "" {
+				app.emit(msg)
 			}
+		}
+		for _, msg := range ev.observe(now, st) {
+			app.emit(msg)
 		}
 		select {
 		case <-ctx.Done():
@@ -116,30 +174,193 @@ func (h *taskHandle) runGated(ctx context.Context, running bool) {
 		case <-gate.Updates():
 		case <-time.After(gatePoll):
 		case <-exitC:
-			if h.fenced.Load() {
+			if app.fenced() {
 				// Stopped by the driver because its syncer died (fence.go):
 				// a closed gate, not the task's end.
 				running, exitC, errC = false, nil, nil
 				gate.Report(false)
-				h.d.emit(h, "App stopped: the syncer exited")
+				app.emit("App stopped: the syncer exited")
 				continue
 			}
 			// The app ended by itself while master: that is the task's exit.
 			gate.Report(false)
-			h.recordExit(ctx)
+			app.exited(ctx)
 			return
 		case err := <-errC:
 			if ctx.Err() != nil {
 				return
 			}
 			if cerrdefs.IsNotFound(err) {
-				h.setExit(&plugin.ExitResult{ExitCode: -1, Err: fmt.Errorf("container %s was removed outside of Nomad", shortID(h.containerID))})
+				app.removed()
 				return
 			}
 			// The engine hiccuped: ask again for the running container.
-			exitC, errC = h.waitExit(ctx, container.WaitConditionNotRunning)
+			exitC, errC = app.wait(ctx)
 		}
 	}
+}
+
+// Task events of a gated app. Besides starting and stopping the app, the
+// driver tells what the syncer does, from its announcements:
+//
+//	Elected master (term 7): app started
+//	Demoted (term 7): app stopped (stepping down)
+//	Following 127.0.0.3:2345 at lag 0
+//	Following 127.0.0.3:2345: initial sync
+//	Initial sync 63%
+//
+// "Following" is told when the master changes (held up to followHold while
+// a quick initial sync finishes, so that a caught-up clone's fail-over says
+// one thing), and then when the lag changes notably: into another order of
+// magnitude, held for lagSettle (a busy app's momentary lag of a few
+// operations is not news), at most every lagEvery; and at once when the lag
+// is back to 0 after a lag was told. Initial sync progress is told every 10%
+// or every progressEvery. Nomad keeps a task's last few events only: the
+// limits keep role changes from being pushed out by routine news.
+const (
+	followHold    = 2 * time.Second
+	lagSettle     = 3 * time.Second
+	lagEvery      = 30 * time.Second
+	progressEvery = 10 * time.Second
+)
+
+// gateEvents turns the gate's view into task events; the zero value is
+// ready. Not safe for concurrent use: the gate loop owns it.
+type gateEvents struct {
+	masterTerm  uint64 // term of the last master state seen; 0 once the demotion is told
+	stopPending bool   // the app was stopped for a role change not told yet
+	lastMsg     string // the last syncer message told
+
+	follow      string    // the master followed (address), "" when none
+	followTerm  uint64    // ... and its term
+	followSince time.Time // when it became the master followed
+	followSaid  bool      // a Following event was told for it
+	syncSaid    bool      // ... saying caught up, with a lag
+	lagSaid     uint64    // the lag last told
+	lagAt       time.Time // when
+	lagBucket   int       // the lag's order of magnitude now
+	lagSince    time.Time // since when
+	pctSaid     int       // the initial sync's progress last told
+	pctAt       time.Time // when
+}
+
+// started is the event for the app started as master.
+func (e *gateEvents) started(term uint64) string {
+	e.masterTerm, e.stopPending = term, false
+	return fmt.Sprintf("Elected master (term %d): app started", term)
+}
+
+// stopped is the event for the app stopped because the gate closed; ""
+// when the syncer announced another role: observe tells the demotion.
+func (e *gateEvents) stopped(now time.Time, st announce.Status) string {
+	if fresh(now, st) && st.State.Role != announce.RoleMaster {
+		e.stopPending = true
+		return ""
+	}
+	return "App stopped: " + st.Reason
+}
+
+// fresh tells whether the gate's state is the syncer's word of now.
+func fresh(now time.Time, st announce.Status) bool {
+	return st.Connected && !st.ReceivedAt.IsZero() && now.Sub(st.ReceivedAt) < announce.DefaultSilence
+}
+
+// observe returns the events the gate's view calls for at now. Call it at
+// every change and periodically (the held and rate-limited events are
+// told by later calls).
+func (e *gateEvents) observe(now time.Time, st announce.Status) []string {
+	if !fresh(now, st) {
+		return nil // a silent syncer: the stop event, if any, told it
+	}
+	s := st.State
+	if s.Role == announce.RoleMaster {
+		e.masterTerm, e.stopPending = s.Term, false
+		e.follow, e.followTerm = "", 0
+		return nil
+	}
+	var out []string
+	if e.masterTerm != 0 || e.stopPending {
+		term := e.masterTerm
+		if term == 0 {
+			term = s.Term // a recovered master's app: its term is the syncer's
+		}
+		msg := fmt.Sprintf("Demoted (term %d): app stopped", term)
+		if why := strings.TrimPrefix(s.Message, "demoted: "); why != "" {
+			msg += " (" + why + ")"
+		}
+		out = append(out, msg)
+		e.masterTerm, e.stopPending, e.lastMsg = 0, false, s.Message
+	}
+	if s.Role == announce.RoleClone && s.MasterAddr != "" {
+		if msg := e.following(now, s); msg != "" {
+			out = append(out, msg)
+		}
+		return out
+	}
+	e.follow, e.followTerm = "", 0
+	if s.Message != "" && s.Message != e.lastMsg {
+		e.lastMsg = s.Message
+		out = append(out, capitalize(s.Message))
+	}
+	return out
+}
+
+// following is the event, if any, of a clone following s.MasterAddr.
+func (e *gateEvents) following(now time.Time, s announce.State) string {
+	if s.MasterAddr != e.follow || s.Term != e.followTerm {
+		e.follow, e.followTerm, e.followSince = s.MasterAddr, s.Term, now
+		e.followSaid, e.syncSaid = false, false
+		e.pctSaid, e.pctAt = -1, time.Time{}
+	}
+	if s.CaughtUp {
+		b := lagBucket(s.Lag)
+		if b != e.lagBucket || e.lagSince.IsZero() {
+			e.lagBucket, e.lagSince = b, now
+		}
+		switch {
+		case !e.syncSaid: // a new master, or the initial sync done
+		case s.Lag == 0 && e.lagSaid > 0: // back to 0
+		case b != lagBucket(e.lagSaid) && now.Sub(e.lagSince) >= lagSettle && now.Sub(e.lagAt) >= lagEvery:
+		default:
+			return ""
+		}
+		e.followSaid, e.syncSaid, e.lagSaid, e.lagAt = true, true, s.Lag, now
+		return fmt.Sprintf("Following %s at lag %d", s.MasterAddr, s.Lag)
+	}
+	pct := -1
+	if p := s.Progress; p != nil && !p.Done {
+		pct = p.Percent()
+	}
+	if !e.followSaid {
+		if now.Sub(e.followSince) < followHold {
+			return ""
+		}
+		e.followSaid, e.pctSaid, e.pctAt = true, pct, now
+		return fmt.Sprintf("Following %s: initial sync", s.MasterAddr)
+	}
+	if pct < 0 {
+		return ""
+	}
+	if pct/10 > e.pctSaid/10 || pct != e.pctSaid && now.Sub(e.pctAt) >= progressEvery {
+		e.pctSaid, e.pctAt = pct, now
+		return fmt.Sprintf("Initial sync %d%%", pct)
+	}
+	return ""
+}
+
+// lagBucket is the lag's order of magnitude: 0 for 0, 1 for 1-9, 2 for
+// 10-99, ...
+func lagBucket(lag uint64) int {
+	b := 0
+	for ; lag > 0; lag /= 10 {
+		b++
+	}
+	return b
+}
+
+func capitalize(s string) string {
+	r, n := utf8.DecodeRuneInString(s)
+	return string(unicode.ToUpper(r)) + s[n:]
 }
 
 func (h *taskHandle) waitExit(ctx context.Context, cond container.WaitCondition) (<-chan container.WaitResponse, <-chan error) {

@@ -54,7 +54,11 @@ func TestFailoverScenarios(t *testing.T) {
 				want = append(want, fmt.Sprintf("lock of term %d released", r.OldTerm))
 			case cluster.FreezeSyncer:
 				want = append(want, "killed by the watchdog", fmt.Sprintf("lock of term %d released", r.OldTerm))
+			case cluster.Partition:
+				// the cut-off master could not renew: it demoted itself at its deadline
+				want = append(want, fmt.Sprintf("Demoted (term %d): app stopped", r.OldTerm))
 			}
+			want = append(want, "Following ")
 			for _, w := range want {
 				if len(c.EventsMatching(w)) == 0 {
 					t.Errorf("no task event saying %q", w)

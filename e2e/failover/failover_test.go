@@ -6,6 +6,7 @@ package failover
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"slices"
 	"testing"
@@ -15,11 +16,15 @@ import (
 	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/netns"
 )
 
+// soak repeats the scenarios for this long (the long variant: `make e2e E2EFLAGS=-soak=30m`);
+// zero runs each once.
+var soak = flag.Duration("soak", 0, "repeat the failover scenarios for this long")
+
 func TestFailoverScenarios(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end: needs Docker and Consul")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute+*soak)
 	defer cancel()
 	opts, faults := cluster.Options{Netns: true}, cluster.Faults
 	if err := netns.Available(); err != nil {
@@ -28,8 +33,22 @@ func TestFailoverScenarios(t *testing.T) {
 	}
 	c := cluster.Start(ctx, t, opts)
 	t.Run("plugin-crash", func(t *testing.T) { pluginCrashKeepsTheLock(ctx, t, c) })
+	end := time.Now().Add(*soak)
+	for round := 1; round == 1 || time.Now().Before(end); round++ {
+		if !runRound(ctx, t, c, faults, round) {
+			return
+		}
+	}
+}
+
+// runRound runs every scenario once; it reports false when one failed.
+func runRound(ctx context.Context, t *testing.T, c *cluster.Cluster, faults []cluster.Fault, round int) bool {
 	for _, f := range faults {
-		ok := t.Run(string(f), func(t *testing.T) {
+		name := string(f)
+		if round > 1 {
+			name = fmt.Sprintf("%s#%d", f, round)
+		}
+		ok := t.Run(name, func(t *testing.T) {
 			r, err := c.Run(ctx, f)
 			if err != nil {
 				t.Fatal(err)
@@ -67,9 +86,10 @@ func TestFailoverScenarios(t *testing.T) {
 		})
 		if !ok {
 			t.Logf("holder history: %s", c.History().String())
-			break
+			return false
 		}
 	}
+	return true
 }
 
 // pluginCrashKeepsTheLock: a crash of the master node's plugin costs nothing: the syncer and its

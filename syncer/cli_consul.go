@@ -399,6 +399,17 @@ func (r *registration) update(ctx context.Context) error {
 
 func (r *registration) updateLocked(ctx context.Context, v instanceView) error {
 	if !r.registered || r.master != v.master {
+		if v.master {
+			// Consul keeps an existing check's status and output when the
+			// service is registered again: set the master's statuses
+			// before its tag, or the tag would show for a moment with the
+			// clone's passing app check, i.e. in DNS before the app runs.
+			// (A check that does not exist yet takes its status from the
+			// registration.) Leaving master, the tag goes first.
+			for i, c := range [2]instanceCheck{v.syncer, v.app} {
+				_ = r.client.Agent().UpdateTTLOpts(r.checkID(i), c.output, c.status, (&api.QueryOptions{}).WithContext(ctx))
+			}
+		}
 		if err := r.registerLocked(ctx, v); err != nil {
 			return err
 		}
@@ -409,17 +420,28 @@ func (r *registration) updateLocked(ctx context.Context, v instanceView) error {
 		if !due && r.sent[i] == c {
 			continue
 		}
-		if err := r.client.Agent().UpdateTTLOpts(r.checkID(i), c.output, c.status, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
-			// The agent lost the check (restarted without its state, or
-			// reaped the instance): register again next time.
-			r.registered = false
-			return fmt.Errorf("updating check %s: %w", r.checkID(i), err)
+		if err := r.setCheck(ctx, i, c); err != nil {
+			return err
 		}
-		r.sent[i] = c
 	}
 	if due {
 		r.refreshed = now
 	}
+	return nil
+}
+
+// setCheck sets check i (0: syncer, 1: app) and refreshes its TTL.
+func (r *registration) setCheck(ctx context.Context, i int, c instanceCheck) error {
+	if r.sent[i].status != c.status {
+		r.log.Info("service check", "check", r.checkID(i), "status", c.status, "output", c.output)
+	}
+	if err := r.client.Agent().UpdateTTLOpts(r.checkID(i), c.output, c.status, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
+		// The agent lost the check (restarted without its state, or
+		// reaped the instance): register again next time.
+		r.registered = false
+		return fmt.Errorf("updating check %s: %w", r.checkID(i), err)
+	}
+	r.sent[i] = c
 	return nil
 }
 
@@ -444,8 +466,9 @@ func (r *registration) registerLocked(ctx context.Context, v instanceView) error
 		r.registered = false
 		return fmt.Errorf("registering service %s: %w", r.service, err)
 	}
+	r.log.Info("service registered", "service", r.service, "id", r.id, "tags", tags)
 	r.registered, r.master = true, v.master
-	// The statuses are set, the outputs not yet: refresh both now.
+	// Existing checks kept their status and output: set both now.
 	r.sent = [2]instanceCheck{{status: v.syncer.status}, {status: v.app.status}}
 	r.refreshed = time.Time{}
 	return nil

@@ -239,7 +239,7 @@ func watch(ctx context.Context, c *cluster.Cluster, what string, timeout time.Du
 	last := ""
 	for {
 		r, _ := status.Collect(ctx, status.Options{Job: c.Opts.Job, Group: c.Opts.Group, ConsulAddr: c.Consul.HTTPAddr(), Timeout: 2 * time.Second})
-		if line := compact(r); line != last {
+		if line := compact(r) + lastFailover(c); line != last {
 			fmt.Printf("    [+%4.1fs] %s\n", time.Since(start).Seconds(), line)
 			last = line
 		}
@@ -275,6 +275,27 @@ func compact(r *status.Report) string {
 		parts = append(parts, s)
 	}
 	return strings.Join(parts, " | ") + "  → " + string(g.Verdict)
+}
+
+// lastFailover says when the lock last passed from one master to another (Consul's history).
+func lastFailover(c *cluster.Cluster) string {
+	hs := c.History().Holders()
+	prev := ""
+	var at time.Time
+	var term uint64
+	for _, h := range hs {
+		if h.Session == "" {
+			continue
+		}
+		if prev != "" && h.ID != prev {
+			at, term = h.At, h.Term
+		}
+		prev = h.ID
+	}
+	if at.IsZero() {
+		return ""
+	}
+	return fmt.Sprintf("  (last failover: term %d at %s)", term, at.Format("15:04:05.000"))
 }
 
 // showStatus prints what an operator's `nomad-driver-bedrock status` shows.

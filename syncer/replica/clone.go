@@ -69,7 +69,15 @@ func NewClone(cfg CloneConfig) *Clone {
 		cfg.Metrics = NewMetrics(nil)
 	}
 	c := &Clone{cfg: cfg, log: cfg.Logger, ap: &tree.Applier{Root: cfg.Root, Owners: cfg.Owners, Bulk: true}}
-	c.st.Position = cfg.State.Get().Position
+	st := cfg.State.Get()
+	c.st.Position = st.Position
+	// A copy that completed an initial sync stays a complete copy, at its
+	// position, until a new initial sync starts changing it (which records
+	// Synced false first, see runSession): it keeps its right to be
+	// promoted across a change of master and a restart. Without this, a
+	// clone whose new master died before they could resync would refuse
+	// promotion and leave the group without a master.
+	c.st.Synced = st.Synced
 	c.st.Healthy = true
 	return c
 }
@@ -364,6 +372,17 @@ func (s *session) initialSync(ctx context.Context, f wire.Frame) error {
 		master = map[string]*tree.Entry{}
 	}
 	c.log.Info("manifest received", "entries", len(master), "seq", snap)
+	// From here the tree is changed toward the manifest: until the sync
+	// completes it is a mix of two positions, not a copy anyone may be
+	// promoted with, even after a crash. Say so durably first.
+	if c.cfg.State.Get().Synced {
+		if err := c.cfg.State.Update(func(st *State) { st.Synced = false }); err != nil {
+			return applyError{err}
+		}
+	}
+	c.mu.Lock()
+	c.st.Synced = false
+	c.mu.Unlock()
 	p, err := c.reconcileLocal(master, s.term)
 	if err != nil {
 		return applyError{err}

@@ -304,9 +304,7 @@ func TestFencing(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(adir, "after-fence.txt")); err == nil {
 		t.Fatal("fenced master still replicating")
 	}
-	if a.status().Healthy {
-		t.Fatal("clone A still thinks it follows a live master")
-	}
+	waitFor(t, 10*time.Second, "clone A notices its master is fenced", func() bool { return !a.status().Healthy })
 }
 
 // TestFormerMasterLostFound: a master writes while its clone is away, dies,

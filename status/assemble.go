@@ -13,6 +13,7 @@ type service struct {
 	Name   string // service name
 	Role   string // bedrock_role meta (master or clone)
 	Health string // aggregated check status, or HealthNoCheck
+	Addr   string // the app's address, host:port, as registered
 }
 
 // alloc is what Nomad says of one allocation.
@@ -117,7 +118,7 @@ func assemble(name string, src sources) Group {
 		}
 		in.Health = HealthUnregistered
 		if s, ok := src.services[in.ID]; ok {
-			in.Health, in.ServiceID, in.ServiceRole = s.Health, s.ID, s.Role
+			in.Health, in.ServiceID, in.ServiceRole, in.AppAddress = s.Health, s.ID, s.Role, s.Addr
 		}
 	}
 

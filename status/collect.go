@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -218,7 +219,12 @@ func (c *collector) serviceEntries(ctx context.Context, name string, ids []strin
 		}
 		for _, id := range ids {
 			if e.Service.ID == name+"-"+id {
-				out[id] = service{ID: e.Service.ID, Name: name, Role: e.Service.Meta["bedrock_role"], Health: checkHealth(e)}
+				host := e.Service.Address
+				if host == "" && e.Node != nil {
+					host = e.Node.Address
+				}
+				out[id] = service{ID: e.Service.ID, Name: name, Role: e.Service.Meta["bedrock_role"], Health: checkHealth(e),
+					Addr: net.JoinHostPort(host, strconv.Itoa(e.Service.Port))}
 			}
 		}
 	}

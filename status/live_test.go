@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -91,6 +92,10 @@ func TestStatusLive(t *testing.T) {
 		}
 		if m := g.Instances[0]; m.SyncAddress != master.listen || m.Node != master.node {
 			t.Errorf("master row %+v, want sync address %s on %s", m, master.listen, master.node)
+		}
+		host, _, _ := net.SplitHostPort(master.listen)
+		if want := net.JoinHostPort(host, strconv.Itoa(master.port)); g.Instances[0].AppAddress != want {
+			t.Errorf("master's app address %q, want %q (its service registration)", g.Instances[0].AppAddress, want)
 		}
 		for _, in := range g.Instances[1:] {
 			if in.Role != RoleClone || !in.Live || !in.CaughtUp || in.Term != g.Term {
@@ -230,6 +235,7 @@ func TestStatusLive(t *testing.T) {
 
 type syncerProc struct {
 	id, node, data, listen string
+	port                   int // the app's port it registers
 	cmd                    *exec.Cmd
 	logs                   *lockedBuf
 	done                   chan struct{}
@@ -257,7 +263,7 @@ func (l *lockedBuf) String() string {
 func startSyncer(t *testing.T, bin string, node *consul.Node, id string, servicePort int) *syncerProc {
 	t.Helper()
 	dir := t.TempDir()
-	p := &syncerProc{id: id, node: node.Name, data: filepath.Join(dir, "data"), listen: freeAddr(t), logs: &lockedBuf{}, done: make(chan struct{})}
+	p := &syncerProc{id: id, node: node.Name, data: filepath.Join(dir, "data"), listen: freeAddr(t), port: servicePort, logs: &lockedBuf{}, done: make(chan struct{})}
 	if err := os.MkdirAll(p.data, 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -38,6 +38,11 @@ func WriteTable(w io.Writer, r *Report, verbose bool) error {
 			master = shortID(g.Master, verbose)
 		}
 		fmt.Fprintf(&b, "group %s: master %s, term %d", g.Name, master, g.Term)
+		for _, in := range g.Instances {
+			if in.Role == RoleMaster && in.AppAddress != "" {
+				fmt.Fprintf(&b, ", app at %s", in.AppAddress)
+			}
+		}
 		if g.Service != "" {
 			fmt.Fprintf(&b, ", service %s", g.Service)
 		}

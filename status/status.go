@@ -124,6 +124,9 @@ type Instance struct {
 	// (ServiceRole is its bedrock_role meta: master or clone).
 	ServiceID   string `json:"service_id,omitempty"`
 	ServiceRole string `json:"service_role,omitempty"`
+	// AppAddress is where the instance's app answers (its service
+	// registration's address and port): the master's is where traffic goes.
+	AppAddress string `json:"app_address,omitempty"`
 	// SyncAddress is where the instance's syncer accepts replication
 	// connections while master.
 	SyncAddress string `json:"sync_address,omitempty"`

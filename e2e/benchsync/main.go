@@ -33,6 +33,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -47,9 +48,20 @@ const secret = "benchsync-shared-secret-0123456789"
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "syncer-child" {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+		// BENCHSYNC_CPUPROFILE=<prefix> writes <prefix>.<pid>.pprof per child.
+		if p := os.Getenv("BENCHSYNC_CPUPROFILE"); p != "" {
+			if f, err := os.Create(fmt.Sprintf("%s.%d.pprof", p, os.Getpid())); err == nil {
+				if pprof.StartCPUProfile(f) == nil {
+					defer func() { pprof.StopCPUProfile(); f.Close() }()
+				}
+			}
+		}
 		code := syncer.Main(ctx, os.Args[2:], os.Stdout, os.Stderr)
 		stop()
-		os.Exit(code)
+		if code != 0 {
+			os.Exit(code)
+		}
+		return
 	}
 	os.Exit(run())
 }
@@ -86,6 +98,7 @@ var (
 	pageWrites = flag.Int("page-writes", 1000, "random 4 KiB page writes in the delta test")
 	workdir    = flag.String("workdir", "", "scratch directory (default: a new temp dir, removed afterwards)")
 	rounds     = flag.Int("rounds", 3, "alternating initial-sync rounds (best counts)")
+	onlyInit   = flag.Bool("initial-only", false, "measure the initial sync only (for iterating on it)")
 	skipST     = flag.Bool("skip-syncthing", false, "do not run Syncthing")
 	verbose    = flag.Bool("v", false, "show child logs")
 )
@@ -128,6 +141,12 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "bench-sync:", err)
 		return 1
 	}
+	if *onlyInit {
+		fmt.Printf("bench-sync: initial_vs_rsync=%.2f initial_median_vs_rsync=%.2f syncer_median_s=%.2f rsync_median_s=%.2f\n",
+			r.rsync.Seconds()/r.ours.Seconds(), median(r.rsyncAll).Seconds()/median(r.oursAll).Seconds(),
+			median(r.oursAll).Seconds(), median(r.rsyncAll).Seconds())
+		return 0
+	}
 	r.print()
 	return 0
 }
@@ -135,6 +154,7 @@ func run() int {
 type results struct {
 	treeBytes, treeFiles    int64
 	ours, rsync, syncthing  time.Duration
+	oursAll, rsyncAll       []time.Duration
 	p50, p99, stP50, stP99  float64
 	deltaSent, deltaChanged int64
 	rssMaster, rssClone     float64
@@ -151,6 +171,8 @@ func (r *results) print() {
 	fmt.Printf("\n%-46s %14s %14s %14s\n", "measure", "syncer", "rsync", "syncthing")
 	fmt.Printf("%-46s %14s %14s %14s\n", fmt.Sprintf("initial sync, %d files / %.0f MiB (s)", r.treeFiles, float64(r.treeBytes)/(1<<20)),
 		fmt.Sprintf("%.2f", r.ours.Seconds()), fmt.Sprintf("%.2f", r.rsync.Seconds()), secs(r.syncthing))
+	fmt.Printf("%-46s %14s %14s %14s\n", fmt.Sprintf("initial sync, median of %d rounds (s)", len(r.oursAll)),
+		secs(median(r.oursAll)), secs(median(r.rsyncAll)), "-")
 	fmt.Printf("%-46s %14.1f %14s %14s\n", "4 KiB write -> 2 clones, p50 (ms)", r.p50, "-", ms(r.stP50))
 	fmt.Printf("%-46s %14.1f %14s %14s\n", "4 KiB write -> 2 clones, p99 (ms)", r.p99, "-", ms(r.stP99))
 	fmt.Printf("%-46s %14s %14s %14s\n", fmt.Sprintf("%d page writes in %.0f MiB file: wire/changed", *pageWrites, float64(deltaSize)/(1<<20)),
@@ -163,6 +185,18 @@ func (r *results) print() {
 	fmt.Printf("bench-sync: initial_vs_rsync=%s initial_vs_syncthing=%s p50_ms=%.1f p99_ms=%.1f syncthing_p99_ms=%s delta_bytes_ratio=%.3f rss_100k_mib=%.0f\n",
 		ratio(r.rsync, r.ours), ratio(r.syncthing, r.ours), r.p50, r.p99, ms(r.stP99),
 		float64(r.deltaSent)/float64(max(r.deltaChanged, 1)), max(r.rssMaster, r.rssClone))
+}
+
+func median(v []time.Duration) time.Duration {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), v...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 func secs(d time.Duration) string {
@@ -223,6 +257,7 @@ func bench(ctx context.Context, base string, r *results) error {
 			d := time.Since(t0)
 			c1.stop()
 			logf("round %d: syncer initial sync %v", round+1, d)
+			r.oursAll = append(r.oursAll, d)
 			if r.ours == 0 || d < r.ours {
 				r.ours = d
 			}
@@ -235,6 +270,7 @@ func bench(ctx context.Context, base string, r *results) error {
 				return fmt.Errorf("rsync: %w", err)
 			}
 			logf("round %d: rsync initial sync %v", round+1, d)
+			r.rsyncAll = append(r.rsyncAll, d)
 			if r.rsync == 0 || d < r.rsync {
 				r.rsync = d
 			}
@@ -251,6 +287,12 @@ func bench(ctx context.Context, base string, r *results) error {
 		if err := second(); err != nil {
 			return err
 		}
+	}
+	logf("initial sync medians: syncer %.2fs, rsync %.2fs, ratio %.2f (best: %.2f)",
+		median(r.oursAll).Seconds(), median(r.rsyncAll).Seconds(),
+		median(r.rsyncAll).Seconds()/median(r.oursAll).Seconds(), r.rsync.Seconds()/r.ours.Seconds())
+	if *onlyInit {
+		return nil
 	}
 	c1, err := startSyncer(ctx, "clone1", c1dir, m.listen)
 	if err != nil {

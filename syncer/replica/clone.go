@@ -177,6 +177,15 @@ func (s *session) send(t wire.Type, seq uint64, payload []byte) error {
 	return s.w.Flush()
 }
 
+// readData reads a frame, with FileData decoded straight into a buffer
+// from get (see wire.ReadDataFrame).
+func (s *session) readData(get func(int) []byte) (wire.Frame, wire.FileData, error) {
+	_ = s.conn.SetReadDeadline(time.Now().Add(bulkTimeout))
+	f, d, b, err := wire.ReadDataFrame(s.r, s.conn, wire.MaxPayload, s.buf, get)
+	s.buf = b
+	return f, d, err
+}
+
 func (s *session) read(limit int) (wire.Frame, error) {
 	timeout := readTimeout
 	if s.bulk {
@@ -347,6 +356,7 @@ func (s *session) initialSync(ctx context.Context, f wire.Frame) error {
 	c := s.c
 	s.bulk = true
 	defer func() { s.bulk = false }()
+	tStart := time.Now()
 	var dec tree.ManifestDecoder
 	for f.Type == wire.TManifestChunk {
 		if err := dec.Add(f.Payload); err != nil {
@@ -387,6 +397,7 @@ func (s *session) initialSync(ctx context.Context, f wire.Frame) error {
 	if err != nil {
 		return applyError{err}
 	}
+	tPlan := time.Now()
 	c.mu.Lock()
 	c.st.Progress = Progress{FilesTotal: int64(len(p.requests)), BytesTotal: p.bytes}
 	c.st.Synced = false
@@ -405,12 +416,15 @@ func (s *session) initialSync(ctx context.Context, f wire.Frame) error {
 		}
 		sendErr <- s.send(wire.TRequestsDone, snap, nil)
 	}()
+	stopWriteback := c.ap.StartWriteback()
+	defer stopWriteback()
 	if err := s.receiveBulk(); err != nil {
 		return err
 	}
 	if err := <-sendErr; err != nil {
 		return err
 	}
+	stopWriteback()
 	// Directory metadata last, children first: creating entries moved the
 	// directories' mtimes.
 	sort.Slice(p.dirs, func(i, j int) bool { return p.dirs[i].Path > p.dirs[j].Path })
@@ -423,7 +437,8 @@ func (s *session) initialSync(ctx context.Context, f wire.Frame) error {
 	if err := c.ap.Sync(); err != nil {
 		return applyError{err}
 	}
-	c.log.Debug("initial sync timings", "transfer", tData.Sub(tManifest).String(), "sync", time.Since(tData).String())
+	c.log.Debug("initial sync timings", "manifest", tManifest.Sub(tStart).String(), "reconcile", tPlan.Sub(tManifest).String(),
+		"transfer", tData.Sub(tPlan).String(), "sync", time.Since(tData).String())
 	pos := Position{Term: s.term, Seq: snap}
 	if err := c.cfg.State.Update(func(st *State) {
 		st.Position, st.Synced, st.Role = pos, true, "clone"
@@ -754,9 +769,26 @@ func wrapApply(err error) error {
 // the network side busy while the kernel allocates inodes.
 const bulkWriters = 4
 
+// A writer takes a batch of small files at once, which keeps the hand-offs
+// between the reader and the writers (each a goroutine wake-up) far fewer
+// than the files; a file from bulkStream bytes up is handed over on its
+// own as soon as it begins, and streamed.
+const (
+	bulkStream = 1 << 20
+	batchFiles = 64
+	batchBytes = 1 << 20
+)
+
 type bulkJob struct {
 	begin  wire.FileBegin
-	chunks chan wire.FileData
+	data   []chunk    // a small file, complete
+	chunks chan chunk // a streamed file, as it arrives
+}
+
+// chunk is the data of one frame and the pool buffer holding it.
+type chunk struct {
+	wire.FileData
+	buf []byte
 }
 
 // receiveBulk applies the file frames of an initial sync until Synced,
@@ -764,7 +796,8 @@ type bulkJob struct {
 // directories exist and nothing else touches them).
 func (s *session) receiveBulk() error {
 	c := s.c
-	jobs := make(chan *bulkJob, bulkWriters)
+	bufs := newBufPool()
+	jobs := make(chan []*bulkJob, bulkWriters)
 	var (
 		wg      sync.WaitGroup
 		errMu   sync.Mutex
@@ -784,16 +817,49 @@ func (s *session) receiveBulk() error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for job := range jobs {
-				if err := c.writeBulk(job); err != nil {
-					fail(err)
+			for batch := range jobs {
+				for _, job := range batch {
+					select {
+					case <-failed:
+						// Nothing more is written after a failure; a
+						// streamed file is still drained for the reader.
+						if job.chunks != nil {
+							for range job.chunks {
+							}
+						}
+						continue
+					default:
+					}
+					if err := c.writeBulk(job, bufs); err != nil {
+						fail(err)
+					}
 				}
 			}
 		}()
 	}
-	var cur *bulkJob
+	var (
+		cur     *bulkJob
+		batch   []*bulkJob
+		batched int64 // bytes in batch
+	)
+	send := func(b []*bulkJob) bool {
+		select {
+		case jobs <- b:
+			return true
+		case <-failed:
+			return false
+		}
+	}
+	flush := func() bool {
+		if len(batch) == 0 {
+			return true
+		}
+		b := batch
+		batch, batched = nil, 0
+		return send(b)
+	}
 	finish := func(err error) error {
-		if cur != nil {
+		if cur != nil && cur.chunks != nil {
 			close(cur.chunks)
 		}
 		close(jobs)
@@ -811,7 +877,8 @@ func (s *session) receiveBulk() error {
 			return finish(nil)
 		default:
 		}
-		f, err := s.read(wire.MaxPayload)
+		var got []byte
+		f, d, err := s.readData(func(n int) []byte { got = bufs.get(n); return got })
 		if err != nil {
 			return finish(err)
 		}
@@ -820,6 +887,7 @@ func (s *session) receiveBulk() error {
 		}
 		switch f.Type {
 		case wire.TSynced:
+			flush()
 			return finish(nil)
 		case wire.TError:
 			return finish(peerError(f))
@@ -834,25 +902,24 @@ func (s *session) receiveBulk() error {
 			if cur != nil {
 				return finish(errors.New("file begins inside another file"))
 			}
-			cur = &bulkJob{begin: b, chunks: make(chan wire.FileData, 16)}
-			select {
-			case jobs <- cur:
-			case <-failed:
-				return finish(nil)
+			cur = &bulkJob{begin: b}
+			if b.Size >= bulkStream {
+				cur.chunks = make(chan chunk, 16)
+				if !flush() || !send([]*bulkJob{cur}) {
+					return finish(nil)
+				}
 			}
 		case wire.TFileData:
 			if cur == nil {
 				return finish(errors.New("file data outside a file"))
 			}
-			var d wire.FileData
-			if err := d.Unmarshal(f.Payload); err != nil {
-				return finish(err)
+			ch := chunk{FileData: d, buf: got}
+			if cur.chunks == nil {
+				cur.data = append(cur.data, ch)
+				continue
 			}
-			// The frame buffer is reused by the next read: copy.
-			d.Data = append([]byte(nil), d.Data...)
-			d.Hashes = append([]uint64(nil), d.Hashes...)
 			select {
-			case cur.chunks <- d:
+			case cur.chunks <- ch:
 			case <-failed:
 				return finish(nil)
 			}
@@ -860,8 +927,19 @@ func (s *session) receiveBulk() error {
 			if cur == nil {
 				return finish(errors.New("file end outside a file"))
 			}
-			close(cur.chunks)
+			if cur.chunks != nil {
+				close(cur.chunks)
+				cur = nil
+				continue
+			}
+			batch = append(batch, cur)
+			batched += cur.begin.Size
 			cur = nil
+			// Hand the batch over when it is full, or when the next read
+			// would wait: the writers should not idle meanwhile.
+			if (len(batch) >= batchFiles || batched >= batchBytes || s.r.Buffered() == 0) && !flush() {
+				return finish(nil)
+			}
 		case wire.TFileGone:
 			c.mu.Lock()
 			c.st.Progress.FilesDone++
@@ -872,29 +950,96 @@ func (s *session) receiveBulk() error {
 	}
 }
 
+// bufPool recycles the data buffers of an initial sync between its reader
+// and its writers, in two sizes: whole frames, and small ones for the many
+// small files.
+type bufPool struct {
+	big, small chan []byte
+}
+
+const (
+	poolBig   = 48 // whole frames
+	poolSmall = 64
+	smallBuf  = 68 << 10              // a small file's frame
+	bigBuf    = dataChunk + (4 << 10) // a full frame
+)
+
+func newBufPool() *bufPool {
+	return &bufPool{big: make(chan []byte, poolBig), small: make(chan []byte, poolSmall)}
+}
+
+func (p *bufPool) get(n int) []byte {
+	size, free := bigBuf, p.big
+	switch {
+	case n <= smallBuf:
+		size, free = smallBuf, p.small
+	case n > bigBuf:
+		return make([]byte, n)
+	}
+	select {
+	case b := <-free:
+		return b[:n]
+	default:
+		return make([]byte, n, size)
+	}
+}
+
+func (p *bufPool) put(b []byte) {
+	free := p.big
+	switch cap(b) {
+	case smallBuf:
+		free = p.small
+	case bigBuf:
+	default:
+		return
+	}
+	select {
+	case free <- b[:cap(b)]:
+	default:
+	}
+}
+
 // writeBulk writes one file of an initial sync. On error it still drains
 // the job so the reader never blocks on it.
-func (c *Clone) writeBulk(job *bulkJob) (err error) {
+func (c *Clone) writeBulk(job *bulkJob, bufs *bufPool) (err error) {
 	defer func() {
-		for range job.chunks {
+		if job.chunks != nil {
+			for range job.chunks {
+			}
 		}
 	}()
 	fw, err := c.ap.BeginFile(job.begin, true)
 	if err != nil {
 		return applyError{err}
 	}
-	for d := range job.chunks {
-		if err := fw.Write(d); err != nil {
+	write := func(ch chunk) error {
+		n := len(ch.Data)
+		err := fw.Write(ch.FileData)
+		bufs.put(ch.buf)
+		if err != nil {
 			fw.Abort()
 			if errors.Is(err, tree.ErrBadBlock) || errors.Is(err, wire.ErrMalformed) {
 				return err // transport problem: the resync re-requests
 			}
 			return applyError{err}
 		}
-		c.cfg.Metrics.BytesReceived.Add(float64(len(d.Data)))
+		c.cfg.Metrics.BytesReceived.Add(float64(n))
 		c.mu.Lock()
-		c.st.Progress.BytesDone += int64(len(d.Data))
+		c.st.Progress.BytesDone += int64(n)
 		c.mu.Unlock()
+		return nil
+	}
+	for _, ch := range job.data {
+		if err := write(ch); err != nil {
+			return err
+		}
+	}
+	if job.chunks != nil {
+		for ch := range job.chunks {
+			if err := write(ch); err != nil {
+				return err
+			}
+		}
 	}
 	if err := fw.Commit(); err != nil {
 		return applyError{err}

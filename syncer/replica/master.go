@@ -11,11 +11,11 @@ import (
 	"os"
 	"sort"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/zeebo/xxh3"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/tree"
@@ -45,6 +45,7 @@ type MasterConfig struct {
 type Master struct {
 	cfg     MasterConfig
 	log     hclog.Logger
+	open    *tree.Opener // reads of file content
 	session uint64
 	watcher *fsnotify.Watcher
 	buf     []byte
@@ -82,7 +83,7 @@ func NewMaster(cfg MasterConfig) *Master {
 		cfg.Metrics = NewMetrics(nil)
 	}
 	return &Master{
-		cfg: cfg, log: cfg.Logger, session: randomSession(), buf: make([]byte, 256*tree.BlockSize),
+		cfg: cfg, log: cfg.Logger, open: tree.NewOpener(cfg.Root), session: randomSession(), buf: make([]byte, 256*tree.BlockSize),
 		stop: make(chan struct{}), cache: make(map[string]*tree.Entry), first: 1, watched: make(map[string]bool),
 		notify: make(chan struct{}), ready: make(chan struct{}), clones: make(map[*cloneConn]struct{}),
 	}
@@ -162,6 +163,7 @@ func (m *Master) Ready() <-chan struct{} { return m.ready }
 func (m *Master) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	defer func() { _ = m.open.Close() }()
 	m.cfg.Metrics.Term.Set(float64(m.cfg.Term))
 	errc := make(chan error, 1)
 	go func() {
@@ -249,7 +251,11 @@ type cloneConn struct {
 	since  time.Time
 	rbuf   []byte
 	hdr    []byte
+	fbuf   []byte
 	hashes []uint64
+	raw    io.Writer // under w
+	// this clone's series
+	bytesSent, filesSent prometheus.Counter
 }
 
 // CloneStatus is the master's view of a clone.
@@ -286,8 +292,16 @@ func (m *Master) Clones() []CloneStatus {
 	return out
 }
 
+// send writes one frame (callers hold wmu).
 func (c *cloneConn) send(t wire.Type, seq uint64, payload []byte) error {
-	return wire.WriteFrame(c.w, wire.Frame{Type: t, Term: c.m.cfg.Term, Seq: seq, Payload: payload})
+	if len(payload) > wire.MaxPayload {
+		return wire.WriteFrame(c.w, wire.Frame{Type: t, Term: c.m.cfg.Term, Seq: seq, Payload: payload})
+	}
+	c.fbuf = wire.AppendFrame(c.fbuf[:0], wire.Frame{Type: t, Term: c.m.cfg.Term, Seq: seq, Payload: payload})
+	if _, err := c.w.Write(c.fbuf); err != nil {
+		return fmt.Errorf("write %s frame: %w", t, err)
+	}
+	return nil
 }
 
 func (c *cloneConn) flush() error {
@@ -300,7 +314,7 @@ func (c *cloneConn) flush() error {
 func (m *Master) serve(ctx context.Context, conn net.Conn) {
 	defer conn.Close()
 	log := m.log.With("peer", conn.RemoteAddr().String())
-	c := &cloneConn{m: m, conn: conn, w: bufio.NewWriterSize(conn, 256*1024), since: time.Now(), rbuf: make([]byte, dataChunk)}
+	c := &cloneConn{m: m, conn: conn, w: bufio.NewWriterSize(conn, 256*1024), since: time.Now(), rbuf: make([]byte, dataRoom+dataChunk+wire.TrailerSize)}
 	r := bufio.NewReaderSize(conn, 64*1024)
 	_ = conn.SetDeadline(time.Now().Add(handshakeTimeout))
 	hello := wire.Hello{Version: wire.Version, Session: m.session, Nonce: nonce()}
@@ -333,7 +347,10 @@ func (m *Master) serve(ctx context.Context, conn net.Conn) {
 	}
 	c.id = auth.ClientID
 	log = log.With("clone", c.id)
-	c.w.Reset(countingWriter{conn, m.cfg.Metrics.WireSent.WithLabelValues(c.id)})
+	c.raw = countingWriter{conn, m.cfg.Metrics.WireSent.WithLabelValues(c.id)}
+	c.w.Reset(c.raw)
+	c.bytesSent = m.cfg.Metrics.BytesSent.WithLabelValues(c.id)
+	c.filesSent = m.cfg.Metrics.FilesSent.WithLabelValues(c.id)
 	if f.Term > m.cfg.Term {
 		m.fence(f.Term)
 		return
@@ -639,7 +656,7 @@ func (c *cloneConn) sendOp(o *op) error {
 // blocks past known (the file grew). A file that vanished is reported gone;
 // the op that removed it follows.
 func (c *cloneConn) sendFile(seq uint64, name string, ranges []wire.Range, known uint64, whole bool) error {
-	f, err := c.m.cfg.Root.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	f, err := c.m.open.Open(name)
 	var fi os.FileInfo
 	if err == nil {
 		fi, err = f.Stat()
@@ -670,7 +687,7 @@ func (c *cloneConn) sendFile(seq uint64, name string, ranges []wire.Range, known
 		start, end := r.Start, min(r.Start+r.Count, nb)
 		for start < end {
 			n := min(end-start, dataChunk/tree.BlockSize)
-			buf := c.rbuf[:int(n)*tree.BlockSize]
+			buf := c.rbuf[dataRoom : dataRoom+int(n)*tree.BlockSize]
 			off := int64(start) * tree.BlockSize
 			k, err := f.ReadAt(buf, off)
 			if err != nil && !errors.Is(err, io.EOF) {
@@ -687,8 +704,12 @@ func (c *cloneConn) sendFile(seq uint64, name string, ranges []wire.Range, known
 			c.hashes = hashes
 			fd := wire.FileData{Offset: off, Hashes: hashes, Data: data}
 			c.hdr = fd.AppendHeader(c.hdr[:0])
-			if err := wire.WriteFrameParts(c.w, wire.TFileData, c.m.cfg.Term, seq, c.hdr, data); err != nil {
+			frame, err := wire.EncodeAround(c.rbuf, dataRoom, k, wire.TFileData, c.m.cfg.Term, seq, c.hdr)
+			if err != nil {
 				return err
+			}
+			if err := c.writeFrame(frame); err != nil {
+				return fmt.Errorf("write %s frame: %w", wire.TFileData, err)
 			}
 			sent += int64(k)
 			if k < len(buf) {
@@ -704,9 +725,31 @@ func (c *cloneConn) sendFile(seq uint64, name string, ranges []wire.Range, known
 	c.sent += sent
 	c.files++
 	c.m.mu.Unlock()
-	c.m.cfg.Metrics.BytesSent.WithLabelValues(c.id).Add(float64(sent))
-	c.m.cfg.Metrics.FilesSent.WithLabelValues(c.id).Inc()
+	c.bytesSent.Add(float64(sent))
+	c.filesSent.Inc()
 	return nil
+}
+
+// dataRoom is the room before the data in a clone connection's read
+// buffer, for the frame and FileData headers (see wire.EncodeAround).
+var dataRoom = wire.HeaderSize + wire.MaxDataHeader(dataChunk/tree.BlockSize)
+
+// directWrite is the frame size from which a frame goes to the connection
+// directly instead of through the write buffer.
+const directWrite = 64 << 10
+
+// writeFrame writes an encoded frame; a large one is not copied into the
+// write buffer.
+func (c *cloneConn) writeFrame(frame []byte) error {
+	if len(frame) < directWrite {
+		_, err := c.w.Write(frame)
+		return err
+	}
+	if err := c.w.Flush(); err != nil {
+		return err
+	}
+	_, err := c.raw.Write(frame)
+	return err
 }
 
 // countingWriter counts bytes that reach the connection (framing included),

@@ -1,17 +1,15 @@
 package tree
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
-	"github.com/zeebo/xxh3"
 	"golang.org/x/sys/unix"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/wire"
@@ -42,6 +40,7 @@ type Applier struct {
 
 	mu   sync.RWMutex
 	dirs map[string]*os.File
+	wb   atomic.Pointer[writeback]
 }
 
 // Prepare creates the temporary directory and removes leftovers of a crash.
@@ -212,186 +211,6 @@ func (a *Applier) MoveAside(name, dest string) error {
 		return fmt.Errorf("move %s aside: %w", name, err)
 	}
 	return nil
-}
-
-// FileWriter receives the blocks of one file. A file that is new or
-// rewritten whole goes to a temporary file renamed into place on Commit, so
-// readers see the old or the new content, never a mix; a partial update
-// (some blocks of an existing, possibly huge, file) is written in place.
-type FileWriter struct {
-	a       *Applier
-	begin   wire.FileBegin
-	f       *os.File
-	tmp     string // name inside TmpDir
-	created bool   // we created the file (temporary or final name)
-	written int64
-}
-
-// BeginFile starts receiving b.
-//
-// With direct (initial sync) a whole file is created directly under its
-// final name when nothing is there: it saves a create and a rename per
-// file, which dominate the cost of syncing many small files. Atomicity
-// matters only to a reader, and nothing reads a clone in initial sync: it
-// is not caught up, so it cannot be promoted, and a restart after a crash
-// verifies every block against the master before the clone reports synced.
-func (a *Applier) BeginFile(b wire.FileBegin, direct bool) (*FileWriter, error) {
-	w := &FileWriter{a: a, begin: b}
-	base := path.Base(b.Path)
-	if !b.Whole {
-		var f *os.File
-		err := a.withDirs(func(fds []int) error {
-			fd, err := unix.Openat(fds[0], base, unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-			if err != nil {
-				return err
-			}
-			f = os.NewFile(uintptr(fd), b.Path)
-			return nil
-		}, Parent(b.Path))
-		if err == nil {
-			if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
-				w.f = f
-				return w, nil
-			}
-			f.Close()
-		}
-		return nil, fmt.Errorf("update %s: no local copy: %w", b.Path, ErrNeedResync)
-	}
-	if direct {
-		err := a.withDirs(func(fds []int) error {
-			fd, err := unix.Openat(fds[0], base, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
-			if err != nil {
-				return err
-			}
-			w.f = os.NewFile(uintptr(fd), b.Path)
-			return nil
-		}, Parent(b.Path))
-		if err == nil {
-			w.created = true
-			return w, nil
-		}
-	}
-	var rnd [8]byte
-	_, _ = rand.Read(rnd[:])
-	w.tmp = hex.EncodeToString(rnd[:])
-	err := a.withDirs(func(fds []int) error {
-		fd, err := unix.Openat(fds[0], w.tmp, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
-		if err != nil {
-			return err
-		}
-		w.f = os.NewFile(uintptr(fd), b.Path)
-		return nil
-	}, TmpDir)
-	if err != nil {
-		w.tmp = ""
-		return nil, fmt.Errorf("write %s: %w", b.Path, err)
-	}
-	w.created = true
-	return w, nil
-}
-
-// Write verifies every block against its hash, then writes the data.
-func (w *FileWriter) Write(d wire.FileData) error {
-	if d.Offset%BlockSize != 0 || int64(len(d.Hashes)) != Blocks(int64(len(d.Data))) {
-		return fmt.Errorf("%s: %w: misaligned data", w.begin.Path, wire.ErrMalformed)
-	}
-	if d.Offset+int64(len(d.Data)) > w.begin.Size {
-		return fmt.Errorf("%s: %w: data past end of file", w.begin.Path, wire.ErrMalformed)
-	}
-	for i, h := range d.Hashes {
-		end := min((i+1)*BlockSize, len(d.Data))
-		if xxh3.Hash(d.Data[i*BlockSize:end]) != h {
-			return fmt.Errorf("%s block %d: %w", w.begin.Path, d.Offset/BlockSize+int64(i), ErrBadBlock)
-		}
-	}
-	if _, err := w.f.WriteAt(d.Data, d.Offset); err != nil {
-		return fmt.Errorf("write %s: %w", w.begin.Path, err)
-	}
-	w.written += int64(len(d.Data))
-	return nil
-}
-
-// Written is the number of data bytes written so far.
-func (w *FileWriter) Written() int64 { return w.written }
-
-// Commit sets size, owner and mode, syncs unless bulk, and renames a
-// temporary file into place.
-func (w *FileWriter) Commit() error {
-	b := w.begin
-	fail := func(err error) error {
-		w.Abort()
-		return fmt.Errorf("commit %s: %w", b.Path, err)
-	}
-	if !w.created || w.written != b.Size {
-		if err := w.f.Truncate(b.Size); err != nil {
-			return fail(err)
-		}
-	}
-	if w.a.Owners && (!w.created || int(b.UID) != os.Geteuid() || int(b.GID) != os.Getegid()) {
-		if err := w.f.Chown(int(b.UID), int(b.GID)); err != nil {
-			return fail(err)
-		}
-	}
-	if err := w.f.Chmod(fs.FileMode(b.Mode) & ModeMask); err != nil {
-		return fail(err)
-	}
-	if !w.a.Bulk {
-		if err := unix.Fdatasync(int(w.f.Fd())); err != nil {
-			return fail(err)
-		}
-	}
-	if err := futimens(int(w.f.Fd()), b.MtimeNs); err != nil {
-		return fail(err)
-	}
-	if err := w.f.Close(); err != nil {
-		w.f = nil
-		return fail(err)
-	}
-	w.f = nil
-	if w.tmp != "" {
-		if err := w.a.renameIn(w.tmp, b.Path); err != nil {
-			return fail(err)
-		}
-		w.tmp = ""
-	}
-	w.created = false
-	return nil
-}
-
-// renameIn moves a temporary file to name, replacing what is there.
-func (a *Applier) renameIn(tmp, name string) error {
-	for attempt := 0; ; attempt++ {
-		err := a.withDirs(func(fds []int) error {
-			return unix.Renameat(fds[0], tmp, fds[1], path.Base(name))
-		}, TmpDir, Parent(name))
-		if err == nil || attempt > 0 {
-			return err
-		}
-		// The parent is missing or not a directory, or a directory sits
-		// where the file goes: fix the way (through Root) and retry once.
-		a.dropDirs()
-		if err := a.clear(name, false); err != nil {
-			return err
-		}
-		if err := a.ensureParent(name); err != nil {
-			return err
-		}
-	}
-}
-
-// Abort drops a partially received file.
-func (w *FileWriter) Abort() {
-	if w.f != nil {
-		w.f.Close()
-		w.f = nil
-	}
-	if w.tmp != "" {
-		_ = w.a.withDirs(func(fds []int) error { return unix.Unlinkat(fds[0], w.tmp, 0) }, TmpDir)
-		w.tmp = ""
-	} else if w.created {
-		// Created under its final name: do not leave a partial file.
-		_ = w.a.withDirs(func(fds []int) error { return unix.Unlinkat(fds[0], path.Base(w.begin.Path), 0) }, Parent(w.begin.Path))
-	}
 }
 
 // futimens sets a file's mtime (and atime) through its descriptor.

@@ -1,11 +1,16 @@
 package tree
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"github.com/zeebo/xxh3"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/wire"
 )
@@ -84,4 +89,65 @@ func must(t *testing.T, err error) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestInitialSyncWriteIsAtomic: a file of an initial sync is written under
+// a temporary name next to its final one and appears, complete and with
+// its metadata, only on Commit; Abort leaves nothing behind.
+func TestInitialSyncWriteIsAtomic(t *testing.T) {
+	dir := t.TempDir()
+	must(t, os.MkdirAll(filepath.Join(dir, "d"), 0o755))
+	root, err := os.OpenRoot(dir)
+	must(t, err)
+	defer root.Close()
+	a := &Applier{Root: root, Bulk: true}
+	must(t, a.Prepare())
+	stop := a.StartWriteback()
+	defer stop()
+
+	data := make([]byte, 3*BlockSize+10)
+	for i := range data {
+		data[i] = byte(i)
+	}
+	var hashes []uint64
+	for o := 0; o < len(data); o += BlockSize {
+		hashes = append(hashes, xxh3.Hash(data[o:min(o+BlockSize, len(data))]))
+	}
+	const mtime = int64(1_600_000_000_123_456_789)
+	b := wire.FileBegin{Path: "d/f", Size: int64(len(data)), Mode: 0o640, MtimeNs: mtime, Whole: true}
+	w, err := a.BeginFile(b, true)
+	must(t, err)
+	must(t, w.Write(wire.FileData{Offset: 0, Hashes: hashes, Data: data}))
+	if _, err := os.Lstat(filepath.Join(dir, "d/f")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("file visible before Commit: %v", err)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(dir, "d")); len(ents) != 1 || !strings.HasPrefix(ents[0].Name(), tmpPrefix) {
+		t.Fatalf("want one temporary file next to the final name, got %v", ents)
+	}
+	must(t, w.Commit())
+	got, err := os.ReadFile(filepath.Join(dir, "d/f"))
+	must(t, err)
+	fi, err := os.Stat(filepath.Join(dir, "d/f"))
+	must(t, err)
+	if !bytes.Equal(got, data) || fi.Mode().Perm() != 0o640 || fi.ModTime().UnixNano() != mtime {
+		t.Fatalf("committed file: %d bytes, mode %v, mtime %v", len(got), fi.Mode(), fi.ModTime().UnixNano())
+	}
+	if ents, _ := os.ReadDir(filepath.Join(dir, "d")); len(ents) != 1 {
+		t.Fatalf("leftovers after Commit: %v", ents)
+	}
+
+	// A corrupt block is refused and nothing is written under the name.
+	w, err = a.BeginFile(wire.FileBegin{Path: "d/g", Size: int64(len(data)), Mode: 0o644, Whole: true}, true)
+	must(t, err)
+	bad := append([]uint64(nil), hashes...)
+	bad[1]++
+	if err := w.Write(wire.FileData{Offset: 0, Hashes: bad, Data: data}); !errors.Is(err, ErrBadBlock) {
+		t.Fatalf("corrupt block: %v", err)
+	}
+	w.Abort()
+	if ents, _ := os.ReadDir(filepath.Join(dir, "d")); len(ents) != 1 {
+		t.Fatalf("leftovers after Abort: %v", ents)
+	}
+	stop()
+	must(t, a.Sync())
 }

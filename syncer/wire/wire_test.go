@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"io"
@@ -122,6 +123,134 @@ func FuzzDecode(f *testing.F) {
 		for ty := THello; ty < tMax; ty++ {
 			if m := MessageFor(ty); m != nil {
 				_ = m.Unmarshal(b)
+			}
+		}
+	})
+}
+
+// dataStream encodes a mix of frames: FileData of several sizes between
+// other frames.
+func dataStream(t testing.TB) ([]byte, []Frame) {
+	var out []byte
+	var frames []Frame
+	add := func(f Frame) {
+		out = AppendFrame(out, f)
+		frames = append(frames, f)
+	}
+	for i, n := range []int{0, 1, 4095, 4096, 40000, 256 << 10, 256<<10 + 100} {
+		data := bytes.Repeat([]byte{byte(i + 1)}, n)
+		hashes := make([]uint64, (n+4095)/4096)
+		for j := range hashes {
+			hashes[j] = uint64(i*1000 + j)
+		}
+		add(Frame{Type: TFileBegin, Term: 2, Seq: uint64(i), Payload: (&FileBegin{Path: "f", Size: int64(n)}).Marshal()})
+		add(Frame{Type: TFileData, Term: 2, Seq: uint64(i), Payload: (&FileData{Offset: int64(i) * 4096, Hashes: hashes, Data: data}).Marshal()})
+		add(Frame{Type: TFileEnd, Term: 2, Seq: uint64(i)})
+	}
+	return out, frames
+}
+
+// TestReadDataFrame: ReadDataFrame returns what ReadFrame and
+// FileData.Unmarshal would, whatever the buffering, and the frames encoded
+// around their data are those of WriteFrame.
+func TestReadDataFrame(t *testing.T) {
+	stream, frames := dataStream(t)
+	for _, size := range []int{16, 4096, 1 << 20} {
+		r := bufio.NewReaderSize(bytes.NewReader(stream), size)
+		for i, want := range frames {
+			f, fd, _, err := ReadDataFrame(r, r, MaxPayload, nil, func(n int) []byte { return make([]byte, n) })
+			if err != nil {
+				t.Fatalf("buffer %d, frame %d: %v", size, i, err)
+			}
+			if f.Type != want.Type || f.Term != want.Term || f.Seq != want.Seq {
+				t.Fatalf("buffer %d, frame %d: header %+v, want %+v", size, i, f, want)
+			}
+			if f.Type != TFileData {
+				if !bytes.Equal(f.Payload, want.Payload) {
+					t.Fatalf("buffer %d, frame %d: payload differs", size, i)
+				}
+				continue
+			}
+			if f.Payload != nil {
+				t.Fatalf("buffer %d, frame %d: FileData not decoded", size, i)
+			}
+			var wd FileData
+			must(t, wd.Unmarshal(want.Payload))
+			if fd.Offset != wd.Offset || !bytes.Equal(fd.Data, wd.Data) || len(fd.Hashes) != len(wd.Hashes) {
+				t.Fatalf("buffer %d, frame %d: data differs", size, i)
+			}
+			for j := range fd.Hashes {
+				if fd.Hashes[j] != wd.Hashes[j] {
+					t.Fatalf("buffer %d, frame %d: hash %d differs", size, i, j)
+				}
+			}
+		}
+		if _, _, _, err := ReadDataFrame(r, r, MaxPayload, nil, func(n int) []byte { return make([]byte, n) }); !errors.Is(err, io.EOF) {
+			t.Fatalf("after the last frame: %v", err)
+		}
+	}
+
+	// EncodeAround produces WriteFrame's bytes.
+	data := []byte("some file data")
+	fd := FileData{Offset: 8192, Hashes: []uint64{42}, Data: data}
+	hdr := fd.AppendHeader(nil)
+	room := HeaderSize + len(hdr)
+	buf := make([]byte, room+len(data)+TrailerSize)
+	copy(buf[room:], data)
+	got, err := EncodeAround(buf, room, len(data), TFileData, 3, 4, hdr)
+	must(t, err)
+	if want := AppendFrame(nil, Frame{Type: TFileData, Term: 3, Seq: 4, Payload: fd.Marshal()}); !bytes.Equal(got, want) {
+		t.Fatal("EncodeAround differs from AppendFrame")
+	}
+	if _, err := EncodeAround(buf, room-1, len(data), TFileData, 3, 4, hdr); err == nil {
+		t.Fatal("EncodeAround without room succeeded")
+	}
+}
+
+// TestReadDataFrameCorruption: a flipped bit anywhere in a FileData frame
+// is an error, never data.
+func TestReadDataFrameCorruption(t *testing.T) {
+	fd := FileData{Offset: 4096, Hashes: []uint64{1, 2}, Data: bytes.Repeat([]byte{9}, 5000)}
+	b := AppendFrame(nil, Frame{Type: TFileData, Term: 1, Seq: 2, Payload: fd.Marshal()})
+	for i := 0; i < len(b); i++ {
+		for _, size := range []int{16, 1 << 16} {
+			c := append([]byte(nil), b...)
+			c[i] ^= 0x40
+			r := bufio.NewReaderSize(bytes.NewReader(c), size)
+			f, _, _, err := ReadDataFrame(r, r, MaxPayload, nil, func(n int) []byte { return make([]byte, n) })
+			if err == nil && f.Type == TFileData {
+				t.Fatalf("flip at byte %d (buffer %d) not detected", i, size)
+			}
+		}
+	}
+}
+
+// FuzzReadDataFrame: on any input, ReadDataFrame agrees with ReadFrame
+// followed by FileData.Unmarshal.
+func FuzzReadDataFrame(f *testing.F) {
+	stream, _ := dataStream(f)
+	f.Add(stream[:min(len(stream), 70000)])
+	f.Add(AppendFrame(nil, Frame{Type: TFileData, Payload: (&FileData{Hashes: []uint64{9}, Data: []byte("x")}).Marshal()}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		for _, size := range []int{16, 4096} {
+			r := bufio.NewReaderSize(bytes.NewReader(b), size)
+			f1, d1, _, err1 := ReadDataFrame(r, r, 1<<16, nil, func(n int) []byte { return make([]byte, n) })
+			f2, _, err2 := ReadFrame(bytes.NewReader(b), 1<<16, nil)
+			var d2 FileData
+			if err2 == nil && f2.Type == TFileData {
+				err2 = d2.Unmarshal(f2.Payload)
+			}
+			if (err1 == nil) != (err2 == nil) {
+				t.Fatalf("buffer %d: ReadDataFrame error %v, ReadFrame error %v", size, err1, err2)
+			}
+			if err1 != nil {
+				continue
+			}
+			if f1.Type != f2.Type || f1.Term != f2.Term || f1.Seq != f2.Seq {
+				t.Fatalf("buffer %d: headers differ", size)
+			}
+			if f1.Type == TFileData && (d1.Offset != d2.Offset || !bytes.Equal(d1.Data, d2.Data) || len(d1.Hashes) != len(d2.Hashes)) {
+				t.Fatalf("buffer %d: FileData differs", size)
 			}
 		}
 	})

@@ -428,8 +428,9 @@ func (s *session) initialSync(ctx context.Context, f wire.Frame) error {
 	// Directory metadata last, children first: creating entries moved the
 	// directories' mtimes.
 	sort.Slice(p.dirs, func(i, j int) bool { return p.dirs[i].Path > p.dirs[j].Path })
+	tFiles := time.Now()
 	for _, d := range p.dirs {
-		if err := c.ap.SetMeta(metaOf(d)); err != nil {
+		if err := c.ap.DirMeta(metaOf(d)); err != nil {
 			return applyError{err}
 		}
 	}
@@ -438,7 +439,7 @@ func (s *session) initialSync(ctx context.Context, f wire.Frame) error {
 		return applyError{err}
 	}
 	c.log.Debug("initial sync timings", "manifest", tManifest.Sub(tStart).String(), "reconcile", tPlan.Sub(tManifest).String(),
-		"transfer", tData.Sub(tPlan).String(), "sync", time.Since(tData).String())
+		"transfer", tFiles.Sub(tPlan).String(), "dirs", tData.Sub(tFiles).String(), "sync", time.Since(tData).String())
 	pos := Position{Term: s.term, Seq: snap}
 	if err := c.cfg.State.Update(func(st *State) {
 		st.Position, st.Synced, st.Role = pos, true, "clone"
@@ -531,7 +532,8 @@ func (c *Clone) reconcileLocal(master map[string]*tree.Entry, term uint64) (*pla
 		switch m.Type {
 		case tree.TypeDir:
 			if l == nil {
-				if err := c.ap.Mkdir(metaOf(m)); err != nil {
+				// Its metadata comes at the end, with the others'.
+				if err := c.ap.MkdirNew(metaOf(m)); err != nil {
 					return nil, err
 				}
 			}

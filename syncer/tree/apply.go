@@ -157,6 +157,45 @@ func (a *Applier) Mkdir(m wire.Meta) error {
 	return nil
 }
 
+// MkdirNew creates a directory that the caller knows is missing, with
+// mode 0700 and nothing else: an initial sync sets the metadata of its
+// directories at the end (DirMeta), after their entries are written. Its
+// parent must exist; anything unexpected falls back to Mkdir.
+func (a *Applier) MkdirNew(m wire.Meta) error {
+	err := a.withDirs(func(fds []int) error {
+		return unix.Mkdirat(fds[0], path.Base(m.Path), 0o700)
+	}, Parent(m.Path))
+	if err == nil {
+		return nil
+	}
+	return a.Mkdir(m)
+}
+
+// DirMeta is SetMeta for a directory, through the cached descriptor of its
+// parent (one open instead of a walk of the path per change).
+func (a *Applier) DirMeta(m wire.Meta) error {
+	err := a.withDirs(func(fds []int) error {
+		fd, err := unix.Openat(fds[0], path.Base(m.Path), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if a.Owners {
+			if err := unix.Fchown(fd, int(m.UID), int(m.GID)); err != nil {
+				return err
+			}
+		}
+		if err := unix.Fchmod(fd, chmodBits(fs.FileMode(m.Mode)&ModeMask)); err != nil {
+			return err
+		}
+		return futimens(fd, m.MtimeNs)
+	}, Parent(m.Path))
+	if err == nil {
+		return nil
+	}
+	return a.SetMeta(m)
+}
+
 // Symlink creates the link as given; the target is never resolved here.
 func (a *Applier) Symlink(m wire.Symlink) error {
 	if cur, err := a.Root.Readlink(m.Path); err == nil && cur == m.Target {
@@ -251,7 +290,7 @@ func (a *Applier) withDirs(fn func(fds []int) error, dirs ...string) error {
 			return err
 		}
 		a.mu.RUnlock()
-		f, err := a.Root.OpenFile(dotIfEmpty(missing), os.O_RDONLY|unix.O_DIRECTORY, 0)
+		f, err := a.openDir(missing)
 		if err != nil {
 			return err
 		}
@@ -266,6 +305,25 @@ func (a *Applier) withDirs(fn func(fds []int) error, dirs ...string) error {
 		}
 		a.mu.Unlock()
 	}
+}
+
+// openDir opens a directory of the tree: by its last component from its
+// parent's cached descriptor when there is one, else through Root.
+func (a *Applier) openDir(name string) (*os.File, error) {
+	if name != "" && name != TmpDir {
+		a.mu.RLock()
+		p, ok := a.dirs[Parent(name)]
+		var fd int
+		var err error
+		if ok {
+			fd, err = unix.Openat(int(p.Fd()), path.Base(name), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		}
+		a.mu.RUnlock()
+		if ok && err == nil {
+			return os.NewFile(uintptr(fd), name), nil
+		}
+	}
+	return a.Root.OpenFile(dotIfEmpty(name), os.O_RDONLY|unix.O_DIRECTORY, 0)
 }
 
 func (a *Applier) dropDirs() {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -150,4 +151,29 @@ func TestInitialSyncWriteIsAtomic(t *testing.T) {
 	}
 	stop()
 	must(t, a.Sync())
+}
+
+// TestCreatedModes: whatever the umask lets through or not, a committed
+// file has exactly the master's mode.
+func TestCreatedModes(t *testing.T) {
+	dir := t.TempDir()
+	root, err := os.OpenRoot(dir)
+	must(t, err)
+	defer root.Close()
+	a := &Applier{Root: root, Bulk: true}
+	must(t, a.Prepare())
+	for i, mode := range []fs.FileMode{0o644, 0o666, 0o600, 0o000, 0o755 | fs.ModeSetgid, 0o700 | fs.ModeSetuid} {
+		for _, initial := range []bool{false, true} {
+			name := fmt.Sprintf("f%d-%v", i, initial)
+			w, err := a.BeginFile(wire.FileBegin{Path: name, Size: 1, Mode: uint32(mode), Whole: true}, initial)
+			must(t, err)
+			must(t, w.Write(wire.FileData{Hashes: []uint64{xxh3.Hash([]byte{7})}, Data: []byte{7}}))
+			must(t, w.Commit())
+			fi, err := os.Lstat(filepath.Join(dir, name))
+			must(t, err)
+			if got := fi.Mode() & ModeMask; got != mode {
+				t.Errorf("%s: mode %v, want %v", name, got, mode)
+			}
+		}
+	}
 }

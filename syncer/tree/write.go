@@ -8,6 +8,8 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -30,6 +32,7 @@ type FileWriter struct {
 	tmpDir  string // the file's own directory (initial sync) or TmpDir
 	written int64
 	initial bool
+	modeSet bool // created with its final mode
 }
 
 // tmpPrefix starts the names of the temporary files an initial sync
@@ -74,8 +77,14 @@ func (a *Applier) BeginFile(b wire.FileBegin, initial bool) (*FileWriter, error)
 	if initial {
 		w.tmpDir = Parent(b.Path)
 	}
+	// Created with its final mode when the umask lets it through, which
+	// saves a chmod per file.
+	perm := uint32(0o600)
+	if mode, u := chmodBits(fs.FileMode(b.Mode)&ModeMask), processUmask(); u >= 0 && mode&^0o777 == 0 && mode&uint32(u) == 0 {
+		perm, w.modeSet = mode, true
+	}
 	create := func(fds []int) error {
-		fd, err := unix.Openat(fds[0], w.tmp, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		fd, err := unix.Openat(fds[0], w.tmp, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, perm)
 		if err != nil {
 			return err
 		}
@@ -159,8 +168,10 @@ func (w *FileWriter) Commit() error {
 			return fail(err)
 		}
 	}
-	if err := unix.Fchmod(w.fd, chmodBits(fs.FileMode(b.Mode)&ModeMask)); err != nil {
-		return fail(err)
+	if !w.modeSet {
+		if err := unix.Fchmod(w.fd, chmodBits(fs.FileMode(b.Mode)&ModeMask)); err != nil {
+			return fail(err)
+		}
 	}
 	if !w.a.Bulk {
 		if err := unix.Fdatasync(w.fd); err != nil {
@@ -198,6 +209,27 @@ func chmodBits(m fs.FileMode) uint32 {
 	}
 	return o
 }
+
+// processUmask is the process's umask, -1 if unknown. It is read from
+// /proc (Linux 4.7+): umask(2) cannot read it without changing it, which
+// would race with files being created meanwhile. The syncer never changes
+// it.
+var processUmask = sync.OnceValue(func() int {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return -1
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Umask:"); ok {
+			u, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32)
+			if err != nil {
+				return -1
+			}
+			return int(u)
+		}
+	}
+	return -1
+})
 
 // renameIn moves a temporary file of dir to name, replacing what is there.
 func (a *Applier) renameIn(dir, tmp, name string) error {

@@ -289,7 +289,7 @@ func (a *Applier) StartWriteback() (stop func()) {
 
 // writebackEvery is how much data is written between background syncfs
 // calls.
-var writebackEvery = int64(32 << 20)
+var writebackEvery = int64(16 << 20)
 
 type writeback struct {
 	pending atomic.Int64

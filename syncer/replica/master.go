@@ -253,7 +253,6 @@ type cloneConn struct {
 	hdr    []byte
 	fbuf   []byte
 	hashes []uint64
-	raw    io.Writer // under w
 	// this clone's series
 	bytesSent, filesSent prometheus.Counter
 }
@@ -314,7 +313,7 @@ func (c *cloneConn) flush() error {
 func (m *Master) serve(ctx context.Context, conn net.Conn) {
 	defer conn.Close()
 	log := m.log.With("peer", conn.RemoteAddr().String())
-	c := &cloneConn{m: m, conn: conn, w: bufio.NewWriterSize(conn, 256*1024), since: time.Now(), rbuf: make([]byte, dataRoom+dataChunk+wire.TrailerSize)}
+	c := &cloneConn{m: m, conn: conn, w: bufio.NewWriterSize(conn, 256*1024), since: time.Now(), rbuf: make([]byte, dataChunk)}
 	r := bufio.NewReaderSize(conn, 64*1024)
 	_ = conn.SetDeadline(time.Now().Add(handshakeTimeout))
 	hello := wire.Hello{Version: wire.Version, Session: m.session, Nonce: nonce()}
@@ -347,8 +346,7 @@ func (m *Master) serve(ctx context.Context, conn net.Conn) {
 	}
 	c.id = auth.ClientID
 	log = log.With("clone", c.id)
-	c.raw = countingWriter{conn, m.cfg.Metrics.WireSent.WithLabelValues(c.id)}
-	c.w.Reset(c.raw)
+	c.w.Reset(countingWriter{conn, m.cfg.Metrics.WireSent.WithLabelValues(c.id)})
 	c.bytesSent = m.cfg.Metrics.BytesSent.WithLabelValues(c.id)
 	c.filesSent = m.cfg.Metrics.FilesSent.WithLabelValues(c.id)
 	if f.Term > m.cfg.Term {
@@ -687,7 +685,7 @@ func (c *cloneConn) sendFile(seq uint64, name string, ranges []wire.Range, known
 		start, end := r.Start, min(r.Start+r.Count, nb)
 		for start < end {
 			n := min(end-start, dataChunk/tree.BlockSize)
-			buf := c.rbuf[dataRoom : dataRoom+int(n)*tree.BlockSize]
+			buf := c.rbuf[:int(n)*tree.BlockSize]
 			off := int64(start) * tree.BlockSize
 			k, err := f.ReadAt(buf, off)
 			if err != nil && !errors.Is(err, io.EOF) {
@@ -704,12 +702,8 @@ func (c *cloneConn) sendFile(seq uint64, name string, ranges []wire.Range, known
 			c.hashes = hashes
 			fd := wire.FileData{Offset: off, Hashes: hashes, Data: data}
 			c.hdr = fd.AppendHeader(c.hdr[:0])
-			frame, err := wire.EncodeAround(c.rbuf, dataRoom, k, wire.TFileData, c.m.cfg.Term, seq, c.hdr)
-			if err != nil {
+			if err := wire.WriteFrameParts(c.w, wire.TFileData, c.m.cfg.Term, seq, c.hdr, data); err != nil {
 				return err
-			}
-			if err := c.writeFrame(frame); err != nil {
-				return fmt.Errorf("write %s frame: %w", wire.TFileData, err)
 			}
 			sent += int64(k)
 			if k < len(buf) {
@@ -728,28 +722,6 @@ func (c *cloneConn) sendFile(seq uint64, name string, ranges []wire.Range, known
 	c.bytesSent.Add(float64(sent))
 	c.filesSent.Inc()
 	return nil
-}
-
-// dataRoom is the room before the data in a clone connection's read
-// buffer, for the frame and FileData headers (see wire.EncodeAround).
-var dataRoom = wire.HeaderSize + wire.MaxDataHeader(dataChunk/tree.BlockSize)
-
-// directWrite is the frame size from which a frame goes to the connection
-// directly instead of through the write buffer.
-const directWrite = 64 << 10
-
-// writeFrame writes an encoded frame; a large one is not copied into the
-// write buffer.
-func (c *cloneConn) writeFrame(frame []byte) error {
-	if len(frame) < directWrite {
-		_, err := c.w.Write(frame)
-		return err
-	}
-	if err := c.w.Flush(); err != nil {
-		return err
-	}
-	_, err := c.raw.Write(frame)
-	return err
 }
 
 // countingWriter counts bytes that reach the connection (framing included),

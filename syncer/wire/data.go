@@ -4,51 +4,14 @@ import (
 	"bufio"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"io"
 
 	"github.com/zeebo/xxh3"
 )
 
-// Bulk data takes the shortest way through memory: a FileData frame is
-// encoded around its data where the data was read (EncodeAround), so the
-// sender hashes one contiguous buffer and hands it to the connection
-// without copying it into a write buffer; and the receiver reads the data
-// of a FileData frame from the connection straight into the buffer it
-// keeps (ReadDataFrame), instead of into a frame buffer first. The bytes
-// on the wire are those of WriteFrame.
-
-// MaxDataHeader bounds the bytes of a FileData payload before its data,
-// for up to maxHashes blocks: offset, hash count, hashes, data length.
-func MaxDataHeader(maxHashes int) int {
-	return binary.MaxVarintLen64*3 + 8*maxHashes
-}
-
-// EncodeAround turns buf[start:start+n], data already in place, into a
-// complete frame of type t whose payload is hdr followed by that data, and
-// returns it (a slice of buf). hdr and the frame header go right before
-// start, the checksum right after the data: buf needs HeaderSize+len(hdr)
-// bytes of room before start and TrailerSize after the data.
-func EncodeAround(buf []byte, start, n int, t Type, term, seq uint64, hdr []byte) ([]byte, error) {
-	plen := len(hdr) + n
-	if plen > MaxPayload {
-		return nil, fmt.Errorf("write %s frame of %d bytes: %w", t, plen, ErrTooLarge)
-	}
-	begin := start - len(hdr) - HeaderSize
-	end := start + n + TrailerSize
-	if begin < 0 || end > cap(buf) {
-		return nil, fmt.Errorf("wire: no room around %s frame data", t)
-	}
-	b := buf[begin:end]
-	binary.BigEndian.PutUint32(b[0:4], uint32(plen))
-	b[4] = byte(t)
-	binary.BigEndian.PutUint64(b[5:13], term)
-	binary.BigEndian.PutUint64(b[13:21], seq)
-	copy(b[HeaderSize:], hdr)
-	body := b[4 : len(b)-TrailerSize]
-	binary.BigEndian.PutUint64(b[len(b)-TrailerSize:], xxh3.Hash(body))
-	return b, nil
-}
+// The receiver of bulk data reads the data of a FileData frame from the
+// connection straight into the buffer it keeps (ReadDataFrame), not into a
+// frame buffer first and then into its own: one copy of every byte less.
 
 // directRead is the size from which data not yet buffered is read from the
 // connection itself rather than through the buffered reader.
@@ -56,16 +19,13 @@ const directRead = 32 << 10
 
 // ReadDataFrame reads one frame like ReadFrame, from r or, for the bulk of
 // large data, from raw, the reader under r. A FileData frame comes back
-// decoded, with Payload nil: its data was read into a buffer from get(n)
-// (which must return at least n bytes of room after the FileData header
-// bytes it is asked to hold, see below) and its hashes into a new slice.
-// Every other frame comes back as ReadFrame returns it (payload in buf),
-// and so does a FileData frame too odd for the fast way, decoded by
-// FileData.Unmarshal into a buffer from get.
-//
-// get(size) must return a buffer of at least size bytes; the frame body
-// (type through data) is read into it so that it is hashed in one piece,
-// and fd.Data is its tail.
+// decoded, with Payload nil and the hashes in a new slice: its body (the
+// frame from its type byte through the data) was read into a buffer from
+// get(size), of at least size bytes, so that it is checksummed in one
+// piece, and fd.Data is the tail of that buffer. A FileData frame too odd
+// for that (its header not in r's buffer) is read by ReadFrame, decoded by
+// FileData.Unmarshal and its data copied into a buffer from get. Any other
+// frame comes back as from ReadFrame, its payload in buf.
 func ReadDataFrame(r *bufio.Reader, raw io.Reader, limit int, buf []byte, get func(int) []byte) (Frame, FileData, []byte, error) {
 	var fd FileData
 	h, err := r.Peek(HeaderSize)

@@ -151,8 +151,7 @@ func dataStream(t testing.TB) ([]byte, []Frame) {
 }
 
 // TestReadDataFrame: ReadDataFrame returns what ReadFrame and
-// FileData.Unmarshal would, whatever the buffering, and the frames encoded
-// around their data are those of WriteFrame.
+// FileData.Unmarshal would, whatever the buffering.
 func TestReadDataFrame(t *testing.T) {
 	stream, frames := dataStream(t)
 	for _, size := range []int{16, 4096, 1 << 20} {
@@ -190,21 +189,6 @@ func TestReadDataFrame(t *testing.T) {
 		}
 	}
 
-	// EncodeAround produces WriteFrame's bytes.
-	data := []byte("some file data")
-	fd := FileData{Offset: 8192, Hashes: []uint64{42}, Data: data}
-	hdr := fd.AppendHeader(nil)
-	room := HeaderSize + len(hdr)
-	buf := make([]byte, room+len(data)+TrailerSize)
-	copy(buf[room:], data)
-	got, err := EncodeAround(buf, room, len(data), TFileData, 3, 4, hdr)
-	must(t, err)
-	if want := AppendFrame(nil, Frame{Type: TFileData, Term: 3, Seq: 4, Payload: fd.Marshal()}); !bytes.Equal(got, want) {
-		t.Fatal("EncodeAround differs from AppendFrame")
-	}
-	if _, err := EncodeAround(buf, room-1, len(data), TFileData, 3, 4, hdr); err == nil {
-		t.Fatal("EncodeAround without room succeeded")
-	}
 }
 
 // TestReadDataFrameCorruption: a flipped bit anywhere in a FileData frame

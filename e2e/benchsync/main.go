@@ -553,6 +553,34 @@ func (c *child) waitSynced(ctx context.Context, timeout time.Duration) error {
 	}
 }
 
+// waitQuiet waits until a master has had n clones acknowledge its head,
+// with the head unchanged, over two polls 300 ms apart.
+func (c *child) waitQuiet(ctx context.Context, n int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	var last uint64
+	quiet := 0
+	for {
+		st, err := c.status()
+		ok := err == nil && len(st.Clones) == n && st.Position.Seq == last
+		for _, cl := range st.Clones {
+			ok = ok && cl.LagOps == 0 && cl.Acked == st.Position.Seq
+		}
+		if ok {
+			quiet++
+		} else {
+			quiet = 0
+		}
+		if quiet >= 2 {
+			return nil
+		}
+		last = st.Position.Seq
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("%s still sending after %v (last status %+v): %w", c.name, timeout, st, timeoutCause(ctx, err))
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+}
+
 // latency writes one 4 KiB page at a time into a file on the source and
 // waits until every destination shows it.
 func latency(ctx context.Context, src string, dsts []string, samples int, poll time.Duration) ([]float64, error) {
@@ -646,6 +674,13 @@ func deltaBench(ctx context.Context, m *child, clones []*child, src string, dsts
 			return err
 		}
 	}
+	// A clone that holds the content may still have operations of the
+	// file's growth coming (it cannot know the master's head while the
+	// master is busy streaming): count from when the master has nothing
+	// left to send.
+	if err := m.waitQuiet(ctx, len(clones), time.Minute); err != nil {
+		return err
+	}
 	before, err := m.metric("bedrock_sync_wire_bytes_sent_total")
 	if err != nil {
 		return err
@@ -672,6 +707,9 @@ func deltaBench(ctx context.Context, m *child, clones []*child, src string, dsts
 		if err := c.waitSynced(ctx, time.Minute); err != nil {
 			return err
 		}
+	}
+	if err := m.waitQuiet(ctx, len(clones), time.Minute); err != nil {
+		return err
 	}
 	after, err := m.metric("bedrock_sync_wire_bytes_sent_total")
 	if err != nil {

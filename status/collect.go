@@ -69,6 +69,13 @@ func Collect(ctx context.Context, o Options) (*Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("consul client for %s: %w", cc.Address, err)
 	}
+	// Each Collect has a transport of its own: leave no connection open
+	// behind it. A caller that polls (a dashboard, a test) would otherwise
+	// pile up idle ones until Consul refuses the address (429 past
+	// http_max_conns_per_client).
+	if cc.Transport != nil {
+		defer cc.Transport.CloseIdleConnections()
+	}
 	c := &collector{opts: o, consul: client, consulAddr: cc.Address}
 	r := &Report{Job: o.Job, Namespace: o.Namespace, Consul: cc.Address}
 

@@ -70,6 +70,13 @@ func TestStatusLive(t *testing.T) {
 		if master == nil {
 			t.Fatalf("the lock holder %q is none of the syncers", holder.Info.ID)
 		}
+		// Write once the master watches its tree (it registers its service
+		// as master after its first scan): a file there before the scan is
+		// part of the clones' initial copy, and no position moves for it.
+		waitReport(t, base, 30*time.Second, "the lock holder serving as master", func(r *Report) bool {
+			return len(r.Groups) == 1 && len(r.Groups[0].Instances) > 0 && r.Groups[0].Instances[0].ID == master.id &&
+				r.Groups[0].Instances[0].ServiceRole == string(RoleMaster)
+		})
 		if err := os.WriteFile(filepath.Join(master.data, "hello.txt"), []byte("replicate me"), 0o644); err != nil {
 			t.Fatal(err)
 		}

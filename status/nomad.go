@@ -24,6 +24,7 @@ func (c *collector) nomadAllocs(ctx context.Context) (map[string]alloc, string, 
 	if err != nil {
 		return nil, cfg.Address, fmt.Sprintf("nomad at %s not asked: %v", cfg.Address, err)
 	}
+	defer client.Close() // its idle connections, as for Consul's
 	cctx, cancel := c.call(ctx)
 	defer cancel()
 	stubs, _, err := client.Jobs().Allocations(c.opts.Job, false, (&nomadapi.QueryOptions{Namespace: c.opts.Namespace}).WithContext(cctx))

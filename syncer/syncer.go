@@ -103,6 +103,9 @@ type Status struct {
 	// copy is behind it, once the initial sync is done.
 	MasterSeq uint64 `json:"master_seq,omitempty"`
 	Lag       uint64 `json:"lag,omitempty"`
+	// Serving is, on a master, whether its first scan is done and clones
+	// are being served: until then a clone that connects waits.
+	Serving bool `json:"serving,omitempty"`
 }
 
 // Syncer runs one instance's replication.
@@ -198,6 +201,11 @@ func (s *Syncer) Status() Status {
 		st.Position = m.Position()
 		st.CaughtUp, st.Synced = true, true
 		st.Clones = m.Clones()
+		select {
+		case <-m.Ready():
+			st.Serving = true
+		default:
+		}
 	case c != nil:
 		cs := c.Status()
 		st.Role = "clone"

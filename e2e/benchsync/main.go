@@ -26,6 +26,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
@@ -97,9 +98,10 @@ var (
 	stSamples  = flag.Int("syncthing-samples", 20, "4 KiB writes timed for Syncthing")
 	pageWrites = flag.Int("page-writes", 1000, "random 4 KiB page writes in the delta test")
 	workdir    = flag.String("workdir", "", "scratch directory (default: a new temp dir, removed afterwards)")
-	rounds     = flag.Int("rounds", 3, "alternating initial-sync rounds (best counts)")
+	rounds     = flag.Int("rounds", 5, "alternating initial-sync rounds (the medians count)")
 	onlyInit   = flag.Bool("initial-only", false, "measure the initial sync only (for iterating on it)")
 	skipST     = flag.Bool("skip-syncthing", false, "do not run Syncthing")
+	dropCaches = flag.Bool("drop-caches", false, "before each initial-sync round, drop the page cache and read the source tree back in (when /proc/sys/vm/drop_caches is writable): every round then writes into recycled memory")
 	verbose    = flag.Bool("v", false, "show child logs")
 )
 
@@ -155,6 +157,7 @@ type results struct {
 	treeBytes, treeFiles    int64
 	ours, rsync, syncthing  time.Duration
 	oursAll, rsyncAll       []time.Duration
+	oursCache, rsyncCache   []float64 // page cache grown by a round's copy, MiB
 	p50, p99, stP50, stP99  float64
 	deltaSent, deltaChanged int64
 	rssMaster, rssClone     float64
@@ -169,10 +172,11 @@ func (r *results) print() {
 		return fmt.Sprintf("%.2f", a.Seconds()/b.Seconds())
 	}
 	fmt.Printf("\n%-46s %14s %14s %14s\n", "measure", "syncer", "rsync", "syncthing")
-	fmt.Printf("%-46s %14s %14s %14s\n", fmt.Sprintf("initial sync, %d files / %.0f MiB (s)", r.treeFiles, float64(r.treeBytes)/(1<<20)),
-		fmt.Sprintf("%.2f", r.ours.Seconds()), fmt.Sprintf("%.2f", r.rsync.Seconds()), secs(r.syncthing))
-	fmt.Printf("%-46s %14s %14s %14s\n", fmt.Sprintf("initial sync, median of %d rounds (s)", len(r.oursAll)),
-		secs(median(r.oursAll)), secs(median(r.rsyncAll)), "-")
+	fmt.Printf("%-46s %14s %14s %14s\n", fmt.Sprintf("initial sync, %d files / %.0f MiB, median (s)", r.treeFiles, float64(r.treeBytes)/(1<<20)),
+		secs(median(r.oursAll)), secs(median(r.rsyncAll)), secs(r.syncthing))
+	fmt.Printf("%-46s %14s %14s %14s\n", fmt.Sprintf("initial sync, best of %d rounds (s)", len(r.oursAll)),
+		secs(r.ours), secs(r.rsync), "-")
+	fmt.Printf("%-46s %14.0f %14.0f %14s\n", "page cache left by the copy, median (MiB)", medianF(r.oursCache), medianF(r.rsyncCache), "-")
 	fmt.Printf("%-46s %14.1f %14s %14s\n", "4 KiB write -> 2 clones, p50 (ms)", r.p50, "-", ms(r.stP50))
 	fmt.Printf("%-46s %14.1f %14s %14s\n", "4 KiB write -> 2 clones, p99 (ms)", r.p99, "-", ms(r.stP99))
 	fmt.Printf("%-46s %14s %14s %14s\n", fmt.Sprintf("%d page writes in %.0f MiB file: wire/changed", *pageWrites, float64(deltaSize)/(1<<20)),
@@ -183,7 +187,7 @@ func (r *results) print() {
 		fmt.Printf("syncthing: %s\n", r.syncthingErr)
 	}
 	fmt.Printf("bench-sync: initial_vs_rsync=%s initial_vs_syncthing=%s p50_ms=%.1f p99_ms=%.1f syncthing_p99_ms=%s delta_bytes_ratio=%.3f rss_100k_mib=%.0f\n",
-		ratio(r.rsync, r.ours), ratio(r.syncthing, r.ours), r.p50, r.p99, ms(r.stP99),
+		ratio(median(r.rsyncAll), median(r.oursAll)), ratio(r.syncthing, median(r.oursAll)), r.p50, r.p99, ms(r.stP99),
 		float64(r.deltaSent)/float64(max(r.deltaChanged, 1)), max(r.rssMaster, r.rssClone))
 }
 
@@ -197,6 +201,14 @@ func median(v []time.Duration) time.Duration {
 		return s[len(s)/2]
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func medianF(v []float64) float64 {
+	d := make([]time.Duration, len(v))
+	for i, x := range v {
+		d[i] = time.Duration(x * 1e6)
+	}
+	return float64(median(d)) / 1e6
 }
 
 func secs(d time.Duration) string {
@@ -230,11 +242,14 @@ func bench(ctx context.Context, base string, r *results) error {
 	syscall.Sync()
 
 	// Syncer: master on src, two clones. The master has scanned before the
-	// clock starts, like a running rsync daemon. Initial syncs are timed in
-	// alternating rounds (syncer, rsync, syncer, rsync, ...) and the best
-	// round of each counts, and the order alternates: first-touch costs of a
-	// VM's memory and writeback of earlier phases otherwise favour whichever
-	// tool runs later.
+	// clock starts (it reports itself serving), like a running rsync
+	// daemon. Initial syncs are timed in rounds, the order alternating
+	// (syncer, rsync, rsync, syncer, ...), and the medians count: on a VM
+	// the cost of the memory a copy writes into swings from round to round
+	// (pages never touched before cost a fault to the host each; freed ones
+	// come back cheap, until the host takes them back), and so do the
+	// writeback of earlier phases and the neighbours' load. Both clocks
+	// stop at a durable copy (rsync's after a sync).
 	m, err := startSyncer(ctx, "master", src, "")
 	if err != nil {
 		return err
@@ -245,7 +260,8 @@ func bench(ctx context.Context, base string, r *results) error {
 	// writer down).
 	for round := 0; round < *rounds; round++ {
 		oursRound := func() error {
-			syscall.Sync()
+			settle(src)
+			cache0 := cachedMiB()
 			t0 := time.Now()
 			c1, err := startSyncer(ctx, "clone1", filepath.Join(base, fmt.Sprintf("round%d-syncer", round)), m.listen)
 			if err != nil {
@@ -255,6 +271,7 @@ func bench(ctx context.Context, base string, r *results) error {
 				return err
 			}
 			d := time.Since(t0)
+			r.oursCache = append(r.oursCache, cachedMiB()-cache0)
 			c1.stop()
 			logf("round %d: syncer initial sync %v", round+1, d)
 			r.oursAll = append(r.oursAll, d)
@@ -264,11 +281,13 @@ func bench(ctx context.Context, base string, r *results) error {
 			return nil
 		}
 		rsyncRound := func() error {
-			syscall.Sync()
+			settle(src)
+			cache0 := cachedMiB()
 			d, err := rsyncBench(ctx, base, src, filepath.Join(base, fmt.Sprintf("round%d-rsync", round)))
 			if err != nil {
 				return fmt.Errorf("rsync: %w", err)
 			}
+			r.rsyncCache = append(r.rsyncCache, cachedMiB()-cache0)
 			logf("round %d: rsync initial sync %v", round+1, d)
 			r.rsyncAll = append(r.rsyncAll, d)
 			if r.rsync == 0 || d < r.rsync {
@@ -288,9 +307,10 @@ func bench(ctx context.Context, base string, r *results) error {
 			return err
 		}
 	}
-	logf("initial sync medians: syncer %.2fs, rsync %.2fs, ratio %.2f (best: %.2f)",
+	logf("initial sync medians: syncer %.2fs, rsync %.2fs, ratio %.2f (best: %.2f); page cache left: syncer %.0f MiB, rsync %.0f MiB",
 		median(r.oursAll).Seconds(), median(r.rsyncAll).Seconds(),
-		median(r.rsyncAll).Seconds()/median(r.oursAll).Seconds(), r.rsync.Seconds()/r.ours.Seconds())
+		median(r.rsyncAll).Seconds()/median(r.oursAll).Seconds(), r.rsync.Seconds()/r.ours.Seconds(),
+		medianF(r.oursCache), medianF(r.rsyncCache))
 	if *onlyInit {
 		return nil
 	}
@@ -339,6 +359,60 @@ func bench(ctx context.Context, base string, r *results) error {
 		return fmt.Errorf("rss: %w", err)
 	}
 	return nil
+}
+
+// settle gives every initial-sync round the same start: the earlier
+// rounds' writes on disk, their pages freed (otherwise whether a round's
+// writes get recycled pages or fresh ones, which on a VM cost far more,
+// depends on what ran before it) and the source tree in the cache, as on a
+// master that serves it.
+func settle(src string) {
+	syscall.Sync()
+	if !*dropCaches {
+		return
+	}
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("1"), 0o644); err != nil {
+		logf("not dropping caches between rounds: %v", err)
+		*dropCaches = false
+		return
+	}
+	root, err := os.OpenRoot(src)
+	if err != nil {
+		return
+	}
+	defer root.Close()
+	buf := make([]byte, 1<<20)
+	_ = fs.WalkDir(root.FS(), ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return nil
+		}
+		f, err := root.Open(p)
+		if err != nil {
+			return nil
+		}
+		defer f.Close()
+		for {
+			if _, err := f.Read(buf); err != nil {
+				return nil
+			}
+		}
+	})
+}
+
+// cachedMiB is the size of the page cache (Cached in /proc/meminfo), 0 if
+// unknown.
+func cachedMiB() float64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Cached:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			return kb / 1024
+		}
+	}
+	return 0
 }
 
 // genTree writes half the bytes as small files (1-64 KiB, in nested dirs)
@@ -439,7 +513,7 @@ func startSyncer(ctx context.Context, name, dir, master string) (*child, error) 
 	deadline := time.Now().Add(5 * time.Minute)
 	for {
 		st, err := c.status()
-		if err == nil && (st.Role == "clone" || (st.Role == "master" && len(st.Clones) >= 0 && masterReady(c))) {
+		if err == nil && (st.Role == "clone" || (st.Role == "master" && st.Serving)) {
 			return c, nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
@@ -447,16 +521,6 @@ func startSyncer(ctx context.Context, name, dir, master string) (*child, error) 
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// masterReady: the master accepts connections once its first scan is done.
-func masterReady(c *child) bool {
-	conn, err := net.DialTimeout("tcp", c.listen, time.Second)
-	if err != nil {
-		return false
-	}
-	conn.Close()
-	return true
 }
 
 func start(cmd *exec.Cmd) error {

@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	"github.com/zeebo/xxh3"
 	"golang.org/x/sys/unix"
@@ -189,6 +188,9 @@ func (w *FileWriter) Commit() error {
 	}
 	fd := w.fd
 	w.fd = -1
+	if w.initial && w.a.dropBehind(fd) {
+		return nil
+	}
 	if err := unix.Close(fd); err != nil {
 		return fmt.Errorf("commit %s: %w", b.Path, err)
 	}
@@ -261,66 +263,5 @@ func (w *FileWriter) Abort() {
 	if w.tmp != "" {
 		_ = w.a.withDirs(func(fds []int) error { return unix.Unlinkat(fds[0], w.tmp, 0) }, w.tmpDir)
 		w.tmp = ""
-	}
-}
-
-// StartWriteback starts writing the data of an initial sync back to disk
-// while it is still being received, and returns the function that stops
-// it. Left alone, the kernel keeps up to a fifth of memory dirty before it
-// starts writing, so the Sync before the acknowledgement would write the
-// whole transfer while the disk sat idle during it. A goroutine calls
-// syncfs each time writebackEvery more bytes have been written: the
-// kernel's flusher writes the data out in large sorted batches, and the
-// writers never wait for it. It changes nothing to durability, which still
-// comes from the Sync before a position is recorded or acknowledged.
-func (a *Applier) StartWriteback() (stop func()) {
-	wb := &writeback{kick: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
-	go wb.run(a)
-	a.wb.Store(wb)
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			a.wb.CompareAndSwap(wb, nil)
-			close(wb.quit)
-			<-wb.done
-		})
-	}
-}
-
-// writebackEvery is how much data is written between background syncfs
-// calls.
-var writebackEvery = int64(16 << 20)
-
-type writeback struct {
-	pending atomic.Int64
-	kick    chan struct{}
-	quit    chan struct{}
-	done    chan struct{}
-}
-
-func (wb *writeback) run(a *Applier) {
-	defer close(wb.done)
-	for {
-		select {
-		case <-wb.quit:
-			return
-		case <-wb.kick:
-		}
-		wb.pending.Store(0)
-		_ = a.Sync() // errors show up in the Sync that counts
-	}
-}
-
-// dirtied tells the writeback goroutine, if one runs, about n more bytes.
-func (a *Applier) dirtied(n int64) {
-	wb := a.wb.Load()
-	if wb == nil {
-		return
-	}
-	if wb.pending.Add(n) >= writebackEvery {
-		select {
-		case wb.kick <- struct{}{}:
-		default:
-		}
 	}
 }

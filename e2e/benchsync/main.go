@@ -171,18 +171,18 @@ func (r *results) print() {
 		}
 		return fmt.Sprintf("%.2f", a.Seconds()/b.Seconds())
 	}
-	fmt.Printf("\n%-46s %14s %14s %14s\n", "measure", "syncer", "rsync", "syncthing")
-	fmt.Printf("%-46s %14s %14s %14s\n", fmt.Sprintf("initial sync, %d files / %.0f MiB, median (s)", r.treeFiles, float64(r.treeBytes)/(1<<20)),
+	fmt.Printf("\n%-50s %14s %14s %14s\n", "measure", "syncer", "rsync", "syncthing")
+	fmt.Printf("%-50s %14s %14s %14s\n", fmt.Sprintf("initial sync, %d files / %.0f MiB, median (s)", r.treeFiles, float64(r.treeBytes)/(1<<20)),
 		secs(median(r.oursAll)), secs(median(r.rsyncAll)), secs(r.syncthing))
-	fmt.Printf("%-46s %14s %14s %14s\n", fmt.Sprintf("initial sync, best of %d rounds (s)", len(r.oursAll)),
+	fmt.Printf("%-50s %14s %14s %14s\n", fmt.Sprintf("initial sync, best of %d rounds (s)", len(r.oursAll)),
 		secs(r.ours), secs(r.rsync), "-")
-	fmt.Printf("%-46s %14.0f %14.0f %14s\n", "page cache left by the copy, median (MiB)", medianF(r.oursCache), medianF(r.rsyncCache), "-")
-	fmt.Printf("%-46s %14.1f %14s %14s\n", "4 KiB write -> 2 clones, p50 (ms)", r.p50, "-", ms(r.stP50))
-	fmt.Printf("%-46s %14.1f %14s %14s\n", "4 KiB write -> 2 clones, p99 (ms)", r.p99, "-", ms(r.stP99))
-	fmt.Printf("%-46s %14s %14s %14s\n", fmt.Sprintf("%d page writes in %.0f MiB file: wire/changed", *pageWrites, float64(deltaSize)/(1<<20)),
+	fmt.Printf("%-50s %14.0f %14.0f %14s\n", "page cache left by the copy, median (MiB)", medianF(r.oursCache), medianF(r.rsyncCache), "-")
+	fmt.Printf("%-50s %14.1f %14s %14s\n", "4 KiB write -> 2 clones, p50 (ms)", r.p50, "-", ms(r.stP50))
+	fmt.Printf("%-50s %14.1f %14s %14s\n", "4 KiB write -> 2 clones, p99 (ms)", r.p99, "-", ms(r.stP99))
+	fmt.Printf("%-50s %14s %14s %14s\n", fmt.Sprintf("%d page writes in %.0f MiB file: wire/changed", *pageWrites, float64(deltaSize)/(1<<20)),
 		fmt.Sprintf("%.3f", float64(r.deltaSent)/float64(max(r.deltaChanged, 1))), "-", "-")
-	fmt.Printf("%-46s %14.1f %14s %14s\n", fmt.Sprintf("RSS with %d files, master (MiB)", *rssFiles), r.rssMaster, "-", "-")
-	fmt.Printf("%-46s %14.1f %14s %14s\n", fmt.Sprintf("RSS with %d files, clone (MiB)", *rssFiles), r.rssClone, "-", "-")
+	fmt.Printf("%-50s %14.1f %14s %14s\n", fmt.Sprintf("RSS with %d files, master (MiB)", *rssFiles), r.rssMaster, "-", "-")
+	fmt.Printf("%-50s %14.1f %14s %14s\n", fmt.Sprintf("RSS with %d files, clone (MiB)", *rssFiles), r.rssClone, "-", "-")
 	if r.syncthingErr != "" {
 		fmt.Printf("syncthing: %s\n", r.syncthingErr)
 	}

@@ -51,8 +51,9 @@ type writeback struct {
 	quit    chan struct{}
 	done    chan struct{}
 
-	mu  sync.Mutex
-	fds []int // committed files whose pages go once they are on disk
+	mu     sync.Mutex
+	fds    []int // committed files whose pages go once they are on disk
+	closed bool  // stopped: nothing more is taken
 }
 
 func (wb *writeback) run(a *Applier) {
@@ -61,6 +62,9 @@ func (wb *writeback) run(a *Applier) {
 		select {
 		case <-wb.quit:
 			// The caller's own Sync follows; what is still dirty stays.
+			wb.mu.Lock()
+			wb.closed = true
+			wb.mu.Unlock()
 			drop(wb.take())
 			return
 		case <-wb.kick:
@@ -115,7 +119,7 @@ func (a *Applier) dropBehind(fd int) bool {
 	}
 	wb.mu.Lock()
 	defer wb.mu.Unlock()
-	if len(wb.fds) >= maxDropBehind {
+	if wb.closed || len(wb.fds) >= maxDropBehind {
 		return false
 	}
 	wb.fds = append(wb.fds, fd)

@@ -97,6 +97,10 @@ func Campaign(ctx context.Context, l Leaser, self func() Info, log hclog.Logger)
 			continue
 		}
 		ls, err := l.Acquire(ctx, me)
+		// The next try is a full RetryEvery away, even when a tick was
+		// already due: a watch event followed by a pending tick would
+		// otherwise retry at once into the same lock-delay.
+		tick.Reset(t.RetryEvery)
 		switch {
 		case err == nil:
 			return ls, nil

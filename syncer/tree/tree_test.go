@@ -85,6 +85,17 @@ func TestApplierConfined(t *testing.T) {
 	}
 }
 
+// bulkApplier is a prepared Applier for bulk writes into dir.
+func bulkApplier(t *testing.T, dir string) *Applier {
+	t.Helper()
+	root, err := os.OpenRoot(dir)
+	must(t, err)
+	t.Cleanup(func() { root.Close() })
+	a := &Applier{Root: root, Bulk: true}
+	must(t, a.Prepare())
+	return a
+}
+
 func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
@@ -98,11 +109,7 @@ func must(t *testing.T, err error) {
 func TestInitialSyncWriteIsAtomic(t *testing.T) {
 	dir := t.TempDir()
 	must(t, os.MkdirAll(filepath.Join(dir, "d"), 0o755))
-	root, err := os.OpenRoot(dir)
-	must(t, err)
-	defer root.Close()
-	a := &Applier{Root: root, Bulk: true}
-	must(t, a.Prepare())
+	a := bulkApplier(t, dir)
 	stop := a.StartWriteback()
 	defer stop()
 
@@ -157,11 +164,7 @@ func TestInitialSyncWriteIsAtomic(t *testing.T) {
 // file has exactly the master's mode.
 func TestCreatedModes(t *testing.T) {
 	dir := t.TempDir()
-	root, err := os.OpenRoot(dir)
-	must(t, err)
-	defer root.Close()
-	a := &Applier{Root: root, Bulk: true}
-	must(t, a.Prepare())
+	a := bulkApplier(t, dir)
 	for i, mode := range []fs.FileMode{0o644, 0o666, 0o600, 0o000, 0o755 | fs.ModeSetgid, 0o700 | fs.ModeSetuid} {
 		for _, initial := range []bool{false, true} {
 			name := fmt.Sprintf("f%d-%v", i, initial)

@@ -20,11 +20,7 @@ import (
 // the writeback stops; outside an initial sync nothing is held.
 func TestDropBehind(t *testing.T) {
 	dir := t.TempDir()
-	root, err := os.OpenRoot(dir)
-	must(t, err)
-	defer root.Close()
-	a := &Applier{Root: root, Bulk: true}
-	must(t, a.Prepare())
+	a := bulkApplier(t, dir)
 	if a.dropBehind(-1) {
 		t.Fatal("drop-behind without a writeback running")
 	}

@@ -35,6 +35,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -176,7 +177,7 @@ func (r *results) print() {
 		secs(median(r.oursAll)), secs(median(r.rsyncAll)), secs(r.syncthing))
 	fmt.Printf("%-50s %14s %14s %14s\n", fmt.Sprintf("initial sync, best of %d rounds (s)", len(r.oursAll)),
 		secs(r.ours), secs(r.rsync), "-")
-	fmt.Printf("%-50s %14.0f %14.0f %14s\n", "page cache left by the copy, median (MiB)", medianF(r.oursCache), medianF(r.rsyncCache), "-")
+	fmt.Printf("%-50s %14.0f %14.0f %14s\n", "page cache left by the copy, median (MiB)", median(r.oursCache), median(r.rsyncCache), "-")
 	fmt.Printf("%-50s %14.1f %14s %14s\n", "4 KiB write -> 2 clones, p50 (ms)", r.p50, "-", ms(r.stP50))
 	fmt.Printf("%-50s %14.1f %14s %14s\n", "4 KiB write -> 2 clones, p99 (ms)", r.p99, "-", ms(r.stP99))
 	fmt.Printf("%-50s %14s %14s %14s\n", fmt.Sprintf("%d page writes in %.0f MiB file: wire/changed", *pageWrites, float64(deltaSize)/(1<<20)),
@@ -191,24 +192,16 @@ func (r *results) print() {
 		float64(r.deltaSent)/float64(max(r.deltaChanged, 1)), max(r.rssMaster, r.rssClone))
 }
 
-func median(v []time.Duration) time.Duration {
+func median[T time.Duration | float64](v []T) T {
 	if len(v) == 0 {
 		return 0
 	}
-	s := append([]time.Duration(nil), v...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	s := slices.Clone(v)
+	slices.Sort(s)
 	if len(s)%2 == 1 {
 		return s[len(s)/2]
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
-func medianF(v []float64) float64 {
-	d := make([]time.Duration, len(v))
-	for i, x := range v {
-		d[i] = time.Duration(x * 1e6)
-	}
-	return float64(median(d)) / 1e6
 }
 
 func secs(d time.Duration) string {
@@ -310,7 +303,7 @@ func bench(ctx context.Context, base string, r *results) error {
 	logf("initial sync medians: syncer %.2fs, rsync %.2fs, ratio %.2f (best: %.2f); page cache left: syncer %.0f MiB, rsync %.0f MiB",
 		median(r.oursAll).Seconds(), median(r.rsyncAll).Seconds(),
 		median(r.rsyncAll).Seconds()/median(r.oursAll).Seconds(), r.rsync.Seconds()/r.ours.Seconds(),
-		medianF(r.oursCache), medianF(r.rsyncCache))
+		median(r.oursCache), median(r.rsyncCache))
 	if *onlyInit {
 		return nil
 	}
@@ -361,11 +354,11 @@ func bench(ctx context.Context, base string, r *results) error {
 	return nil
 }
 
-// settle gives every initial-sync round the same start: the earlier
-// rounds' writes on disk, their pages freed (otherwise whether a round's
-// writes get recycled pages or fresh ones, which on a VM cost far more,
-// depends on what ran before it) and the source tree in the cache, as on a
-// master that serves it.
+// settle puts the earlier rounds' writes on disk before a round. With
+// -drop-caches it also frees their pages and reads the source tree back in
+// (as on a master that serves it), so that every round writes into
+// recycled memory instead of whatever the previous round left: on a VM,
+// pages never touched before cost far more than freed ones.
 func settle(src string) {
 	syscall.Sync()
 	if !*dropCaches {

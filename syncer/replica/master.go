@@ -654,18 +654,40 @@ func (c *cloneConn) sendOp(o *op) error {
 // blocks past known (the file grew). A file that vanished is reported gone;
 // the op that removed it follows.
 func (c *cloneConn) sendFile(seq uint64, name string, ranges []wire.Range, known uint64, whole bool) error {
-	f, begin, ranges, err := c.m.openForSend(name, ranges, known, whole)
+	f, err := c.m.open.Open(name)
+	var fi os.FileInfo
+	if err == nil {
+		fi, err = f.Stat()
+		if err == nil && !fi.Mode().IsRegular() {
+			err = errors.New("not a regular file")
+		}
+		if err != nil {
+			f.Close()
+		}
+	}
 	if err != nil {
 		return c.send(wire.TFileGone, seq, (&wire.PathMsg{Path: name}).Marshal())
 	}
 	defer f.Close()
+	e := tree.FromInfo(name, fi)
+	nb := uint64(tree.Blocks(e.Size))
+	if whole {
+		ranges = []wire.Range{{Start: 0, Count: nb}}
+	} else if nb > known {
+		ranges = append(append([]wire.Range(nil), ranges...), wire.Range{Start: known, Count: nb - known})
+	}
+	begin := wire.FileBegin{Path: name, Size: e.Size, Mode: uint32(e.Mode), MtimeNs: e.MtimeNs, UID: e.UID, GID: e.GID, Whole: whole}
 	if err := c.send(wire.TFileBegin, seq, begin.Marshal()); err != nil {
 		return err
 	}
 	var sent int64
-	err = readBlocks(f, name, ranges, begin.Size, func(int) []byte { return c.rbuf }, func(off int64, data []byte) error {
-		c.hashes = hashBlocks(c.hashes[:0], data)
-		fd := wire.FileData{Offset: off, Hashes: c.hashes, Data: data}
+	err = readBlocks(f, name, ranges, e.Size, c.rbuf, func(off int64, data []byte) error {
+		hashes := c.hashes[:0]
+		for o := 0; o < len(data); o += tree.BlockSize {
+			hashes = append(hashes, xxh3.Hash(data[o:min(o+tree.BlockSize, len(data))]))
+		}
+		c.hashes = hashes
+		fd := wire.FileData{Offset: off, Hashes: hashes, Data: data}
 		c.hdr = fd.AppendHeader(c.hdr[:0])
 		sent += int64(len(data))
 		return wire.WriteFrameParts(c.w, wire.TFileData, c.m.cfg.Term, seq, c.hdr, data)
@@ -676,62 +698,28 @@ func (c *cloneConn) sendFile(seq uint64, name string, ranges []wire.Range, known
 	if err := c.send(wire.TFileEnd, seq, nil); err != nil {
 		return err
 	}
-	c.countSent(sent)
+	c.m.mu.Lock()
+	c.sent += sent
+	c.files++
+	c.m.mu.Unlock()
+	c.bytesSent.Add(float64(sent))
+	c.filesSent.Inc()
 	return nil
 }
 
-func (c *cloneConn) countSent(n int64) {
-	c.m.mu.Lock()
-	c.sent += n
-	c.files++
-	c.m.mu.Unlock()
-	c.bytesSent.Add(float64(n))
-	c.filesSent.Inc()
-}
-
-// openForSend opens a file to send and works out what goes: its FileBegin
-// and the block ranges (all of them for a whole file, else the requested
-// ones plus what grew past known). The error means the file is gone or is
-// no longer a regular file.
-func (m *Master) openForSend(name string, ranges []wire.Range, known uint64, whole bool) (*os.File, wire.FileBegin, []wire.Range, error) {
-	f, err := m.open.Open(name)
-	if err != nil {
-		return nil, wire.FileBegin{}, nil, err
-	}
-	fi, err := f.Stat()
-	if err == nil && !fi.Mode().IsRegular() {
-		err = errors.New("not a regular file")
-	}
-	if err != nil {
-		f.Close()
-		return nil, wire.FileBegin{}, nil, err
-	}
-	e := tree.FromInfo(name, fi)
-	nb := uint64(tree.Blocks(e.Size))
-	if whole {
-		ranges = []wire.Range{{Start: 0, Count: nb}}
-	} else if nb > known {
-		ranges = append(append([]wire.Range(nil), ranges...), wire.Range{Start: known, Count: nb - known})
-	}
-	begin := wire.FileBegin{Path: name, Size: e.Size, Mode: uint32(e.Mode), MtimeNs: e.MtimeNs, UID: e.UID, GID: e.GID, Whole: whole}
-	return f, begin, ranges, nil
-}
-
 // readBlocks reads the block ranges of f (of size bytes when opened) in
-// pieces of up to dataChunk bytes into the buffers buf hands out (given the
-// size wanted, at most dataChunk) and gives each to emit. A range of a
-// file that shrank meanwhile ends early; the op of the change follows.
-func readBlocks(f *os.File, name string, ranges []wire.Range, size int64, buf func(n int) []byte, emit func(off int64, data []byte) error) error {
+// pieces of up to len(buf) bytes and gives each to emit. A range of a file
+// that shrank meanwhile ends early; the op of the change follows.
+func readBlocks(f *os.File, name string, ranges []wire.Range, size int64, buf []byte, emit func(off int64, data []byte) error) error {
 	nb := uint64(tree.Blocks(size))
 	for _, r := range ranges {
 		start, end := r.Start, min(r.Start+r.Count, nb)
 		for start < end {
-			n := min(end-start, dataChunk/tree.BlockSize)
+			n := min(end-start, uint64(len(buf)/tree.BlockSize))
 			off := int64(start) * tree.BlockSize
 			// Never past the size sent in FileBegin: the clone refuses
 			// data beyond it. What grew is in the op of the change.
-			want := int(min(int64(n)*tree.BlockSize, size-off))
-			b := buf(want)[:want]
+			b := buf[:min(int64(n)*tree.BlockSize, size-off)]
 			k, err := f.ReadAt(b, off)
 			if err != nil && !errors.Is(err, io.EOF) {
 				return fmt.Errorf("read %s: %w", name, err)
@@ -749,14 +737,6 @@ func readBlocks(f *os.File, name string, ranges []wire.Range, size int64, buf fu
 		}
 	}
 	return nil
-}
-
-// hashBlocks appends the hash of every block of data to dst.
-func hashBlocks(dst []uint64, data []byte) []uint64 {
-	for o := 0; o < len(data); o += tree.BlockSize {
-		dst = append(dst, xxh3.Hash(data[o:min(o+tree.BlockSize, len(data))]))
-	}
-	return dst
 }
 
 // countingWriter counts bytes that reach the connection (framing included),

@@ -37,12 +37,7 @@ func TestReadBlocksStopsAtSentSize(t *testing.T) {
 		all := []wire.Range{{Start: 0, Count: uint64(tree.Blocks(c.size))}}
 		var got []byte
 		var lastEnd int64
-		err := readBlocks(f, "f", all, c.size, func(n int) []byte {
-			if n > dataChunk {
-				t.Fatalf("%s: buffer of %d asked", c.name, n)
-			}
-			return make([]byte, n)
-		}, func(off int64, b []byte) error {
+		err := readBlocks(f, "f", all, c.size, make([]byte, dataChunk), func(off int64, b []byte) error {
 			if off != lastEnd || off%tree.BlockSize != 0 {
 				t.Fatalf("%s: data at %d after %d", c.name, off, lastEnd)
 			}

@@ -6,42 +6,28 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
+	"path"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/hashicorp/nomad/api"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/fixtures"
 )
 
-// fixturesDir finds the recorded Nomad 2.0.5 job API answers by walking up
-// from the test's working directory. Missing fixtures fail the test: the
-// runtime policy must be checked against what a real Nomad answers.
+// fixturesDir is the folder of the recorded Nomad 2.0.5 job API answers
+// inside the embedded recording (internal/fixtures).
 func fixturesDir(t *testing.T) string {
 	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		candidate := filepath.Join(dir, "shared", "fixtures", "nomad-2.0.5", "jobs-api")
-		if info, err := os.Stat(candidate); err == nil && info.IsDir() {
-			return candidate
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("shared/fixtures/nomad-2.0.5/jobs-api not found in any parent directory")
-		}
-		dir = parent
-	}
+	return "jobs-api"
 }
 
 // loadJob decodes one recorded GET /v1/job/<id> answer.
 func loadJob(t *testing.T, dir, id string) *api.Job {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(dir, id+".json"))
+	b, err := fixtures.Read(path.Join(dir, id+".json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,11 +60,11 @@ func (f *fakeNomad) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Unlock()
 	if !overridden {
 		var err error
-		body, err = os.ReadFile(filepath.Join(f.dir, id+".json"))
+		body, err = fixtures.Read(path.Join(f.dir, id+".json"))
 		if err != nil {
-			status, _ := os.ReadFile(filepath.Join(f.dir, "missing.status"))
+			status, _ := fixtures.Read(path.Join(f.dir, "missing.status"))
 			code, _ := strconv.Atoi(strings.TrimSpace(string(status)))
-			missing, _ := os.ReadFile(filepath.Join(f.dir, "missing.body"))
+			missing, _ := fixtures.Read(path.Join(f.dir, "missing.body"))
 			w.WriteHeader(code)
 			_, _ = w.Write(missing)
 			return

@@ -40,6 +40,10 @@ const gateMarker = ".bedrock-gated"
 // (500ms by default), which the announced deadline already reserves.
 const stopGrace = 300 * time.Millisecond
 
+// reportFailedTimeout bounds telling the syncer that the app failed as master; without the
+// report the syncer keeps the lock until Nomad restarts the app (or the sidecar stops).
+const reportFailedTimeout = time.Second
+
 // gatePoll bounds how long the loop sleeps without re-reading the gate, as a
 // safety net under the gate's own change notifications.
 const gatePoll = 250 * time.Millisecond
@@ -182,8 +186,16 @@ func gateLoop(ctx context.Context, gate *announce.Gate, app gatedApp, running bo
 				app.emit("App stopped: the syncer exited")
 				continue
 			}
-			// The app ended by itself while master: that is the task's exit.
-			gate.Report(false)
+			// The app ended by itself while master: that is the task's exit, and this
+			// instance's mastership is lost. The syncer hears it first and hands the lock
+			// to a caught-up clone at once; Nomad's restart block then brings the task back,
+			// as a clone (the syncer does not campaign until it is back).
+			rctx, cancel := context.WithTimeout(ctx, reportFailedTimeout)
+			if err := gate.ReportFailed(rctx); err != nil {
+				app.logError("telling the syncer that the app failed", err)
+			}
+			cancel()
+			app.emit(ev.failed(gate.Status(time.Now()).State.Term))
 			app.exited(ctx)
 			return
 		case err := <-errC:
@@ -248,6 +260,12 @@ type gateEvents struct {
 func (e *gateEvents) started(term uint64) string {
 	e.masterTerm, e.stopPending = term, false
 	return fmt.Sprintf("Elected master (term %d): app started", term)
+}
+
+// failed is the event for the app that ended by itself while master.
+func (e *gateEvents) failed(term uint64) string {
+	e.masterTerm, e.stopPending = 0, false
+	return fmt.Sprintf("App exited while master (term %d): lock handed to a caught-up clone; the restart block brings it back as a clone", term)
 }
 
 // stopped is the event for the app stopped because the gate closed; ""

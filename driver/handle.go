@@ -168,7 +168,10 @@ func (h *taskHandle) watch(ctx context.Context) {
 			return
 		case <-waitC:
 			if h.state.Syncer {
-				go h.d.releaseAfterSyncer(ctx, h)
+				// Not on the handle's context: Nomad destroys the exited task's handle at once
+				// (DestroyTask cancels it), while the release must still prove the app stopped
+				// and free the lock. The plugin's context and fenceTimeout bound it instead.
+				go h.d.releaseAfterSyncer(h.d.ctx, h) //nolint:contextcheck // outlives the handle on purpose
 			}
 			h.recordExit(ctx)
 			return

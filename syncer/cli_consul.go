@@ -233,6 +233,9 @@ func (l *localSyncer) Lag() (uint64, bool) {
 	return st.Lag, true
 }
 
+// Drain hands the app's last changes to the clones before a hand-over (election.Drainer).
+func (l *localSyncer) Drain(ctx context.Context) error { return l.s.Drain(ctx) }
+
 func (l *localSyncer) Serving(term uint64) bool {
 	st := l.s.Status()
 	return st.Role == "master" && st.Term == term

@@ -182,6 +182,24 @@ func (s *Syncer) Position() Position {
 	return s.state.Get().Position
 }
 
+// Drain, on a master, cuts the app's last changes into ops and waits (bounded by ctx) until
+// every live clone acknowledged them; see replica.Master.Drain. Anything else has nothing to
+// drain.
+func (s *Syncer) Drain(ctx context.Context) error {
+	s.mu.Lock()
+	m := s.master
+	s.mu.Unlock()
+	if m == nil {
+		return nil
+	}
+	pos, err := m.Drain(ctx)
+	if err != nil {
+		return fmt.Errorf("syncer: %w", err)
+	}
+	s.log.Info("drained: every live clone holds the master's head", "term", pos.Term, "seq", pos.Seq)
+	return nil
+}
+
 // CaughtUp reports whether a clone has applied everything its master
 // announced (always true for a serving master).
 func (s *Syncer) CaughtUp() bool { return s.Status().CaughtUp }

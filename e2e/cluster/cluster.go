@@ -55,6 +55,14 @@ type Options struct {
 	PlainConsulLock bool
 	// Logf receives progress lines (default: t.Logf).
 	Logf func(format string, args ...any)
+	// Nomad runs the group under a real Nomad agent (e2e/nomad): a server and one client agent
+	// per node, the job submitted through Nomad's API. Nodes then counts Nomad clients (default
+	// 4: a spare for replacements) and Count the group's instances (default 3).
+	Nomad bool
+	// Count is the group's count under Nomad.
+	Count int
+	// JobspecHCL, under Nomad, is the job to submit instead of the built-in writer.
+	JobspecHCL string
 }
 
 // Cluster is a running group; see Start.
@@ -67,8 +75,13 @@ type Cluster struct {
 	// LeaderKey is the group's lock key.
 	LeaderKey string
 
+	// NomadAddr is the Nomad server's HTTP address (Options.Nomad).
+	NomadAddr string
+
 	image, plugin, secret string
 	history               *History
+	nomad                 *nomadBackend
+	faultAt               time.Time
 	ctx                   context.Context
 	cancel                context.CancelFunc
 }
@@ -108,6 +121,8 @@ type Alloc struct {
 	// stopped is set once the allocation was stopped on purpose or failed for good.
 	stopped bool
 	done    chan struct{}
+	// created orders a node's allocations under Nomad.
+	created time.Time
 }
 
 // Start brings up Consul, the plugins and one allocation per node, and waits for a master.
@@ -115,6 +130,12 @@ func Start(ctx context.Context, t testing.TB, opts Options) *Cluster {
 	t.Helper()
 	if opts.Nodes == 0 {
 		opts.Nodes = 3
+		if opts.Nomad {
+			opts.Nodes = 4
+		}
+	}
+	if opts.Count == 0 {
+		opts.Count = 3
 	}
 	if js := opts.Jobspec; js != nil {
 		opts.Job, opts.Group = js.Job, js.Group
@@ -165,6 +186,17 @@ func Start(ctx context.Context, t testing.TB, opts Options) *Cluster {
 	}
 	c.history = watchHistory(ctx, c.Consul.Client(), c.LeaderKey)
 	t.Cleanup(c.stop)
+	if opts.Nomad {
+		if err := c.startNomad(bctx); err != nil {
+			t.Fatalf("cluster: %v", err)
+		}
+		if opts.JobspecHCL == "" {
+			if _, err := c.WaitMaster(bctx, 0, 2*time.Minute); err != nil {
+				t.Fatalf("cluster: %v", err)
+			}
+		}
+		return c
+	}
 
 	for i := 0; i < opts.Nodes; i++ {
 		// the node's own processes (syncer, app) bind a loopback address of their own; the
@@ -191,6 +223,12 @@ func Start(ctx context.Context, t testing.TB, opts Options) *Cluster {
 func (c *Cluster) stop() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	if c.nomad != nil {
+		c.nomad.agent.Stop()
+		c.removeContainers(ctx, "com.bedrock-nomad.job="+c.Opts.Job)
+		c.cancel()
+		return
+	}
 	var wg sync.WaitGroup
 	for _, n := range c.Nodes {
 		for _, a := range n.Allocs() {
@@ -244,9 +282,13 @@ func (n *Node) followEvents() error {
 }
 
 // CrashPlugin kills the node's plugin with SIGKILL and does what a Nomad client does next:
+// (under a real Nomad, the client does it itself)
 // launches a new one, configures it and recovers every task of the node's live allocations
 // from their handles. Containers, syncers and their Consul sessions are expected to survive.
 func (n *Node) CrashPlugin(ctx context.Context) error {
+	if b := n.C.nomad; b != nil {
+		return b.crashPlugin(ctx, n)
+	}
 	if err := n.Agent.CrashPlugin(ctx); err != nil {
 		return fmt.Errorf("%s: %w", n.Name, err)
 	}
@@ -274,6 +316,9 @@ func (n *Node) CrashPlugin(ctx context.Context) error {
 
 // Events returns the task events the node's plugins sent so far.
 func (n *Node) Events() []Event {
+	if b := n.C.nomad; b != nil {
+		return b.events(n)
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return append([]Event(nil), n.events...)
@@ -297,13 +342,19 @@ func (n *Node) ConsulAddr() string { return n.C.Consul.Clients[n.Index].HTTPAddr
 
 // Allocs returns the node's allocations, oldest first.
 func (n *Node) Allocs() []*Alloc {
+	if b := n.C.nomad; b != nil {
+		b.refresh()
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return append([]*Alloc(nil), n.allocs...)
 }
 
-// Current is the node's newest allocation.
+// Current is the node's newest allocation (under Nomad: its live one), or nil.
 func (n *Node) Current() *Alloc {
+	if b := n.C.nomad; b != nil {
+		return b.current(n)
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if len(n.allocs) == 0 {
@@ -429,6 +480,12 @@ func (a *Alloc) superviseSyncer(t *harness.Task) {
 		return
 	}
 	c.Opts.Logf("%s: syncer task of %s exited (code %d, signal %d); restarting it in %s", a.Node.Name, a.ID[:8], res.ExitCode, res.Signal, c.Opts.RestartDelay)
+	ctx, cancel := context.WithTimeout(c.ctx, 2*time.Minute)
+	defer cancel()
+	// As Nomad's task runner does: the exited task's handle is destroyed at once, before the
+	// restart delay (which cancels whatever the plugin still did on the handle's context).
+	_ = a.Node.Agent.DestroyTask(ctx, t, true)
+	t.Logs.Close()
 	select {
 	case <-c.ctx.Done():
 		return
@@ -437,10 +494,6 @@ func (a *Alloc) superviseSyncer(t *harness.Task) {
 	if a.isStopped() {
 		return
 	}
-	ctx, cancel := context.WithTimeout(c.ctx, 2*time.Minute)
-	defer cancel()
-	_ = a.Node.Agent.DestroyTask(ctx, t, true)
-	t.Logs.Close()
 	if err := a.startSyncer(ctx); err != nil {
 		c.Opts.Logf("%s: restarting the syncer of %s failed: %v", a.Node.Name, a.ID[:8], err)
 	}
@@ -481,6 +534,12 @@ func (a *Alloc) Tasks() (syncer, app *harness.Task) {
 // Stop stops the allocation the way Nomad does: the main task first, then the sidecar with
 // SIGTERM and a kill timeout (the syncer steps down and releases the lock on the way out).
 func (a *Alloc) Stop(ctx context.Context) {
+	if b := a.Node.C.nomad; b != nil {
+		if err := b.stop(ctx, a); err != nil {
+			a.Node.C.Logf("%v", err)
+		}
+		return
+	}
 	a.mu.Lock()
 	if a.stopped {
 		a.mu.Unlock()
@@ -510,8 +569,12 @@ func (a *Alloc) destroy(ctx context.Context) {
 		t.Logs.Close()
 	}
 	// containers of a node whose plugin is gone
-	c := a.Node.C
-	list, err := c.Docker.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", "com.bedrock-nomad.alloc_id="+a.ID))})
+	a.Node.C.removeContainers(ctx, "com.bedrock-nomad.alloc_id="+a.ID)
+}
+
+// removeContainers force-removes the containers carrying label (key=value).
+func (c *Cluster) removeContainers(ctx context.Context, label string) {
+	list, err := c.Docker.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", label))})
 	if err == nil {
 		for _, ct := range list {
 			_ = c.Docker.ContainerRemove(ctx, ct.ID, container.RemoveOptions{Force: true})
@@ -549,6 +612,9 @@ func (a *Alloc) WitnessFile() string { return filepath.Join(a.Dir, "app", "local
 
 // SyncerLogs returns the current syncer task's stderr (for failure messages).
 func (a *Alloc) SyncerLogs() string {
+	if b := a.Node.C.nomad; b != nil {
+		return b.syncerLogs(a)
+	}
 	s, _ := a.Tasks()
 	if s == nil {
 		return ""

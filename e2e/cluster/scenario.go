@@ -71,7 +71,7 @@ func (c *Cluster) Run(ctx context.Context, fault Fault) (*Result, error) {
 	held := lineSet{}
 	for _, n := range c.Nodes {
 		a := n.Current()
-		if a == old.Alloc {
+		if a == nil || a == old.Alloc {
 			continue
 		}
 		ws, _ := ReadWrites(a.DataFile("writes.log"))
@@ -82,6 +82,7 @@ func (c *Cluster) Run(ctx context.Context, fault Fault) (*Result, error) {
 	r.ClonesHeldAtFault = len(held)
 
 	t0 := time.Now()
+	c.faultAt = t0
 	if err := c.Inject(ctx, old.Alloc, fault); err != nil {
 		return r, fmt.Errorf("%s: injecting: %w", fault, err)
 	}
@@ -114,7 +115,7 @@ func (c *Cluster) stableMaster(ctx context.Context) (*Serving, error) {
 				last := ws[len(ws)-1].Line
 				synced := true
 				for _, n := range c.Nodes {
-					if a := n.Current(); a != m && !setOf(mustRead(a.DataFile("writes.log")))[last] {
+					if a := n.Current(); a != nil && a != m && !setOf(mustRead(a.DataFile("writes.log")))[last] {
 						synced = false
 					}
 				}
@@ -139,6 +140,9 @@ func mustRead(p string) []Write {
 
 // Inject makes allocation a suffer fault.
 func (c *Cluster) Inject(ctx context.Context, a *Alloc, fault Fault) error {
+	if c.nomad != nil {
+		c.nomad.noteRestarts(a, map[Fault]string{KillApp: "app", KillSyncer: "syncer", FreezeSyncer: "syncer"}[fault])
+	}
 	switch fault {
 	case KillApp:
 		return c.signal(ctx, a, "app", "SIGKILL")
@@ -148,6 +152,9 @@ func (c *Cluster) Inject(ctx context.Context, a *Alloc, fault Fault) error {
 		return c.signal(ctx, a, "syncer", "SIGSTOP")
 	case NodeLoss:
 		n := a.Node
+		if c.nomad != nil {
+			return c.nomad.killNode(ctx, n, a)
+		}
 		c.Consul.KillClient(n.Index)
 		n.Agent.Plugin.Kill()
 		errs := []error{c.signal(ctx, a, "syncer", "SIGKILL"), c.signal(ctx, a, "app", "SIGKILL")}
@@ -180,6 +187,9 @@ func (c *Cluster) signal(ctx context.Context, a *Alloc, task, sig string) error 
 // now stands for the old master's instance.
 func (c *Cluster) Restore(ctx context.Context, a *Alloc, fault Fault) (*Alloc, error) {
 	n := a.Node
+	if c.nomad != nil {
+		return c.restoreNomad(ctx, a, fault)
+	}
 	switch fault {
 	case KillApp, Graceful:
 		// Nomad places a replacement (superviseApp does it for KillApp).
@@ -329,4 +339,26 @@ func tailLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// restoreNomad heals what the fault took under a real Nomad: Nomad restarts or replaces the
+// tasks by its own policies; the cluster only brings back what an operator would (a node's
+// agents, a cut link, a frozen process).
+func (c *Cluster) restoreNomad(ctx context.Context, a *Alloc, fault Fault) (*Alloc, error) {
+	n := a.Node
+	switch fault {
+	case FreezeSyncer:
+		// the watchdog has usually killed it by now
+		_ = c.signal(ctx, a, "syncer", "SIGCONT")
+	case Partition:
+		c.Consul.Heal(n.Index) //nolint:contextcheck // bounded by the helper's start timeout
+	case NodeLoss:
+		if err := c.nomad.restoreNode(ctx, n); err != nil {
+			return nil, err
+		}
+	case KillApp, KillSyncer, Graceful:
+	default:
+		return nil, fmt.Errorf("unknown fault %q", fault)
+	}
+	return c.nomad.waitReplaced(ctx, a, c.faultAt, 3*time.Minute)
 }

@@ -141,10 +141,16 @@ type message struct {
 // report is a line from a gate to the announcer: whether the app runs, as of a state version.
 // It lets a syncer that stepped down know when the app has really stopped (to send its last
 // changes and release the lock at once) instead of waiting out its deadline.
+//
+// AppFailed says the app ended by itself while this instance was master (a crash, an OOM
+// kill): its container is stopped, so the syncer may hand over at once, and it should not
+// take the lock again until the app task is back (a gate that connects and reports without
+// the flag). Added in v1 without a version bump: older announcers ignore it.
 type report struct {
 	V          int    `json:"v"`
 	Version    uint64 `json:"state_version"`
 	AppRunning bool   `json:"app_running"`
+	AppFailed  bool   `json:"app_failed,omitempty"`
 }
 
 // encode builds the line for s at now (now carries both clocks: wall for SentAt, monotonic

@@ -72,6 +72,7 @@ type Gate struct {
 
 	version  uint64        // state version of the last line
 	running  *bool         // what Report said (nil: this gate does not report)
+	failed   bool          // what ReportFailed said
 	kick     chan struct{} // Report wakes Run to send
 	sent     report        // last report sent on the current connection
 	sentConn bool          // whether sent was sent on the current connection
@@ -134,11 +135,43 @@ func (g *Gate) statusLocked(now time.Time) Status {
 // every new state and every reconnection while Run runs.
 func (g *Gate) Report(running bool) {
 	g.mu.Lock()
-	g.running = &running
+	g.running, g.failed = &running, false
 	g.mu.Unlock()
+	g.wake()
+}
+
+func (g *Gate) wake() {
 	select {
 	case g.kick <- struct{}{}:
 	default:
+	}
+}
+
+// ReportFailed tells the syncer that the app ended by itself while master: its container is
+// stopped, so the syncer hands the lock over at once and stays a clone until the app task is
+// back (Announcer.App().Failed). It returns once the report was written to the syncer, or
+// when ctx ends first (the syncer may be gone: then there is no lock to hand over from here).
+func (g *Gate) ReportFailed(ctx context.Context) error {
+	stopped := false
+	g.mu.Lock()
+	g.running, g.failed = &stopped, true
+	g.mu.Unlock()
+	g.wake()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		g.mu.Lock()
+		done := g.sentConn && g.sent.AppFailed
+		g.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("announce: reporting the app's failure: %w", ctx.Err())
+		case <-tick.C:
+			g.wake()
+		}
 	}
 }
 
@@ -150,7 +183,7 @@ func (g *Gate) sendReport(c *net.UnixConn) {
 		g.mu.Unlock()
 		return
 	}
-	r := report{V: Version, Version: g.version, AppRunning: *g.running}
+	r := report{V: Version, Version: g.version, AppRunning: *g.running, AppFailed: g.failed}
 	if g.sentConn && g.sent == r {
 		g.mu.Unlock()
 		return

@@ -143,6 +143,9 @@ type App struct {
 	Reporting int
 	// Running tells whether any of them reported the app running in its last report.
 	Running bool
+	// Failed tells whether any of them reported that the app ended by itself while master
+	// (Gate.ReportFailed): the app is stopped, and this instance should hand over.
+	Failed bool
 }
 
 // App returns what the connected gates last reported on the app.
@@ -152,6 +155,7 @@ func (a *Announcer) App() App {
 	app := App{Reporting: len(a.reports)}
 	for _, r := range a.reports {
 		app.Running = app.Running || r.AppRunning
+		app.Failed = app.Failed || r.AppFailed
 	}
 	return app
 }

@@ -46,6 +46,20 @@ type LagReporter interface {
 	Lag() (lag uint64, known bool)
 }
 
+// Drainer is optionally implemented by Local: on a hand-over with the app stopped, the master
+// passes its last changes to the clones before the lock goes (bounded by ctx), so the clone
+// that takes over holds them.
+type Drainer interface {
+	Drain(ctx context.Context) error
+}
+
+// drainTimeout bounds Drainer.Drain on a hand-over: the app is stopped, every instant spent
+// here is downtime, and what a clone did not get is kept in the old master's lost+found.
+const drainTimeout = 2 * time.Second
+
+// errAppFailed ends a mastership whose app ended by itself (see handOver).
+var errAppFailed = errors.New("the app exited while master")
+
 // Config configures an Elector.
 type Config struct {
 	Leaser    lease.Leaser
@@ -178,11 +192,38 @@ func (e *Elector) Run(ctx context.Context) error {
 			}
 			return fmt.Errorf("election: %w", err)
 		}
-		if err := e.serve(ctx, l); err != nil {
+		err = e.serve(ctx, l)
+		if errors.Is(err, errAppFailed) {
+			err = e.waitAppBack(ctx)
+		}
+		if err != nil {
 			return err
 		}
 		if ctx.Err() != nil {
 			return nil //nolint:nilerr // stopping is the normal end
+		}
+	}
+}
+
+// waitAppBack keeps this instance out of the election after its app failed as master, until
+// the app task is back: a gate connected that reports without the failure (Nomad restarted the
+// task, after its restart block's delay). Until then it follows the new master as a clone. So
+// an app that keeps crashing moves from instance to instance no faster than Nomad's restart
+// policy restarts it, and an instance whose app task is gone for good never takes the lock.
+func (e *Elector) waitAppBack(ctx context.Context) error {
+	fctx, stopFollow := context.WithCancel(ctx)
+	defer stopFollow()
+	go e.follow(fctx)
+	for {
+		changed := e.cfg.Announcer.Changed()
+		if app := e.cfg.Announcer.App(); app.Reporting > 0 && !app.Failed {
+			e.log.Info("the app task is back: campaigning again")
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
 		}
 	}
 }
@@ -222,7 +263,12 @@ func (e *Elector) serve(ctx context.Context, l lease.Lease) error {
 	e.log.Info("elected master", "term", term)
 	e.announce(announce.RoleMaster, term, l.Deadline(), "", fmt.Sprintf("elected master (term %d)", term))
 	for {
+		changed := e.cfg.Announcer.Changed()
+		if e.cfg.Announcer.App().Failed {
+			return e.handOver(ctx, l, term)
+		}
 		select {
+		case <-changed:
 		case d := <-l.Renewed():
 			e.cfg.Announcer.Update(func(s *announce.State) {
 				if s.Role == announce.RoleMaster && s.Term == term {
@@ -235,6 +281,50 @@ func (e *Elector) serve(ctx context.Context, l lease.Lease) error {
 		case <-ctx.Done():
 			return e.release(ctx, l, term)
 		}
+	}
+}
+
+// handOver ends a mastership whose app ended by itself while master (the driver's gate
+// reported it: the container has exited, so the app is proven stopped and no deadline needs
+// waiting out). The syncer passes on the app's last changes, the service loses its master tag,
+// the candidacy is withdrawn so the clones do not wait for this instance, and the lock is
+// released without lock-delay: the most caught-up clone takes over within milliseconds, while
+// Nomad's restart block decides when this instance's app comes back, as a clone.
+func (e *Elector) handOver(ctx context.Context, l lease.Lease, term uint64) error {
+	ctx = context.WithoutCancel(ctx)
+	e.log.Warn("the app exited while master: handing the lock to a clone", "term", term)
+	e.announce(announce.RoleClone, term, time.Time{}, "", "stepping down: the app exited while master")
+	e.drain(ctx)
+	if e.cfg.StepDown != nil {
+		sctx, scancel := context.WithTimeout(ctx, stepDownTimeout)
+		e.cfg.StepDown(sctx)
+		scancel()
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 2*time.Second)
+	if err := e.cfg.Leaser.Withdraw(wctx); err != nil {
+		e.log.Warn("withdrawing the candidacy failed", "error", err)
+	}
+	wcancel()
+	e.send(Role{Master: false, Term: term})
+	rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer rcancel()
+	if err := l.Release(rctx); err != nil {
+		return fmt.Errorf("election: releasing the lock: %w", err)
+	}
+	e.log.Info("released the lock after the app failed", "term", term)
+	return errAppFailed
+}
+
+// drain lets the local syncer pass its last changes on (Drainer), bounded by drainTimeout.
+func (e *Elector) drain(ctx context.Context) {
+	d, ok := e.cfg.Local.(Drainer)
+	if !ok {
+		return
+	}
+	dctx, cancel := context.WithTimeout(ctx, drainTimeout)
+	defer cancel()
+	if err := d.Drain(dctx); err != nil {
+		e.log.Warn("not every clone acknowledged the last changes before the hand-over", "error", err)
 	}
 }
 
@@ -267,6 +357,8 @@ func (e *Elector) release(ctx context.Context, l lease.Lease, term uint64) error
 		// Without confirmation the deadline still protects: Release only
 		// after it has passed.
 		time.Sleep(time.Until(l.Deadline()))
+	} else {
+		e.drain(ctx)
 	}
 	<-stepped
 	rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)

@@ -50,6 +50,8 @@ type Master struct {
 	watcher *fsnotify.Watcher
 	buf     []byte
 	stop    chan struct{}
+	// flushReq asks the watch goroutine to cut every change queued so far into ops (Drain).
+	flushReq chan chan struct{}
 	// renamedDirs are (from, to) directory renames whose watches need
 	// re-registering; only the watch goroutine touches it.
 	renamedDirs [][2]string
@@ -84,7 +86,7 @@ func NewMaster(cfg MasterConfig) *Master {
 	}
 	return &Master{
 		cfg: cfg, log: cfg.Logger, open: tree.NewOpener(cfg.Root), session: randomSession(), buf: make([]byte, 256*tree.BlockSize),
-		stop: make(chan struct{}), cache: make(map[string]*tree.Entry), first: 1, watched: make(map[string]bool),
+		stop: make(chan struct{}), flushReq: make(chan chan struct{}), cache: make(map[string]*tree.Entry), first: 1, watched: make(map[string]bool),
 		notify: make(chan struct{}), ready: make(chan struct{}), clones: make(map[*cloneConn]struct{}),
 	}
 }

@@ -63,11 +63,16 @@ func (m *Master) watchLoop(ctx context.Context) error {
 		dirty[rel] = struct{}{}
 	}
 	for {
+		var flushed chan struct{}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-m.stop:
 			return nil
+		case flushed = <-m.flushReq:
+			// The kernel queued the events of every write made before the request; give
+			// the watcher's reader a moment to hand them over, then cut them below.
+			time.Sleep(flushSettle)
 		case ev, ok := <-w.Events:
 			if !ok {
 				return errors.New("watcher closed")
@@ -105,6 +110,9 @@ func (m *Master) watchLoop(ctx context.Context) error {
 		m.processDirty(ctx, dirty)
 		clear(dirty)
 		m.fixRenamedWatches(ctx)
+		if flushed != nil {
+			close(flushed)
+		}
 	}
 }
 

@@ -12,6 +12,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -312,6 +313,16 @@ func (n *Node) CrashPlugin(ctx context.Context) error {
 		go a.superviseApp(app)  //nolint:contextcheck // supervision lives as long as the cluster, not this call
 	}
 	return nil
+}
+
+// RestartAgent kills the node's Nomad client agent with SIGKILL and starts it again: the
+// plugin, the containers and the syncer's session live on, and the new agent re-attaches to
+// the plugin and recovers its tasks. Real Nomad only.
+func (n *Node) RestartAgent(ctx context.Context) error {
+	if n.C.nomad == nil {
+		return errors.New("restarting the client agent needs a real Nomad (Options.Nomad)")
+	}
+	return n.C.nomad.restartAgent(ctx, n)
 }
 
 // Events returns the task events the node's plugins sent so far.

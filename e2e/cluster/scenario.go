@@ -9,6 +9,10 @@ import (
 	"time"
 )
 
+// AckWindow is the replication window of the design's promise: no write made at least this
+// long before a fault is lost, across any sequence of faults.
+const AckWindow = 250 * time.Millisecond
+
 // Fault is one way of losing the master.
 type Fault string
 
@@ -42,7 +46,11 @@ type Result struct {
 	Failover           time.Duration // fault → the new master's first write
 	SplitBrain         []string      // overlapping masters, from the writes and from Consul
 	LostWrites         int           // lines a clone held at the fault that the new master lacks
-	NotSetAside        int           // old master's writes neither on the new master nor in its lost+found
+	NotSetAside        int           // old master's writes from before the window neither on the new master nor in its lost+found
+	// LostInWindow counts the old master's writes of the last AckWindow before the fault that
+	// are neither on the new master nor set aside: the asynchronous replication's window,
+	// measured (an instance replaced on another node takes its unreplicated tail with it).
+	LostInWindow int
 	SetAside           int           // old master's writes found in lost+found
 	ClonesHeldAtFault  int
 	OldMasterWroteLast time.Time
@@ -54,9 +62,9 @@ func (r *Result) OK() bool {
 }
 
 func (r *Result) String() string {
-	return fmt.Sprintf("%s: %s (term %d) → %s (term %d) in %s; split-brain %d, lost %d, set aside %d, unaccounted %d",
+	return fmt.Sprintf("%s: %s (term %d) → %s (term %d) in %s; split-brain %d, lost %d, set aside %d, lost in the last %s %d, unaccounted %d",
 		r.Fault, shortAlloc(r.OldMaster), r.OldTerm, shortAlloc(r.New), r.NewTerm, r.Failover.Round(time.Millisecond),
-		len(r.SplitBrain), r.LostWrites, r.SetAside, r.NotSetAside)
+		len(r.SplitBrain), r.LostWrites, r.SetAside, AckWindow, r.LostInWindow, r.NotSetAside)
 }
 
 // Run injects fault into the current master, waits for the new master to serve, restores
@@ -327,6 +335,8 @@ func (c *Cluster) check(r *Result, held lineSet, back *Alloc) {
 		case onNew[w.Line]:
 		case aside[w.Line]:
 			r.SetAside++
+		case !w.At.Before(c.faultAt.Add(-AckWindow)):
+			r.LostInWindow++
 		default:
 			r.NotSetAside++
 		}

@@ -69,6 +69,8 @@ func runRound(ctx context.Context, t *testing.T, c *cluster.Cluster, faults []cl
 			// What the Nomad UI shows, and which path ended the old mastership.
 			want := []string{fmt.Sprintf("Elected master (term %d)", r.NewTerm)}
 			switch f {
+			case cluster.KillApp:
+				want = append(want, fmt.Sprintf("App exited while master (term %d)", r.OldTerm))
 			case cluster.KillSyncer:
 				want = append(want, fmt.Sprintf("lock of term %d released", r.OldTerm))
 			case cluster.FreezeSyncer:
@@ -96,19 +98,25 @@ func runRound(ctx context.Context, t *testing.T, c *cluster.Cluster, faults []cl
 // session live in their own container, the app keeps running and writing at the same term, and
 // the new plugin re-attaches to both.
 func pluginCrashKeepsTheLock(ctx context.Context, t *testing.T, c *cluster.Cluster) {
+	keepsTheLock(ctx, t, c, "plugin crash", (*cluster.Node).CrashPlugin)
+}
+
+// keepsTheLock checks that fault, done to the master's node, costs nothing: same master, same
+// term, and its app writes on.
+func keepsTheLock(ctx context.Context, t *testing.T, c *cluster.Cluster, what string, fault func(*cluster.Node, context.Context) error) {
 	m, term, err := c.Master(ctx)
 	if err != nil || m == nil {
 		t.Fatalf("no master: %v", err)
 	}
 	crash := time.Now()
-	if err := m.Node.CrashPlugin(ctx); err != nil {
+	if err := fault(m.Node, ctx); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(3 * time.Second) // longer than the gate's silence and the lease's validity
 	after, afterTerm, err := c.Master(ctx)
 	if err != nil || after != m || afterTerm != term {
-		t.Fatalf("after the plugin crash the master is %v at term %d, want %s at term %d (err %v); holders: %s",
-			after, afterTerm, m.ID, term, err, c.History().String())
+		t.Fatalf("after the %s the master is %v at term %d, want %s at term %d (err %v); holders: %s",
+			what, after, afterTerm, m.ID, term, err, c.History().String())
 	}
 	ws, err := cluster.ReadWrites(m.WitnessFile())
 	if err != nil {
@@ -125,8 +133,8 @@ func pluginCrashKeepsTheLock(ctx context.Context, t *testing.T, c *cluster.Clust
 		}
 	}
 	if before == 0 || since == 0 {
-		t.Fatalf("the master's app wrote %d lines before the crash and %d from 2 s after it: it must keep writing", before, since)
+		t.Fatalf("the master's app wrote %d lines before the %s and %d from 2 s after it: it must keep writing", before, what, since)
 	}
 	// the recovered app is watched again: a stop now must reach it
-	t.Logf("plugin crash on %s: still master at term %d, %d writes since", m.Node.Name, term, since)
+	t.Logf("%s on %s: still master at term %d, %d writes since", what, m.Node.Name, term, since)
 }

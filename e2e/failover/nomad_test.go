@@ -38,6 +38,9 @@ func TestFailoverUnderNomad(t *testing.T) {
 	}
 	c := cluster.Start(ctx, t, opts)
 	t.Run("plugin-crash", func(t *testing.T) { pluginCrashKeepsTheLock(ctx, t, c) })
+	t.Run("agent-restart", func(t *testing.T) {
+		keepsTheLock(ctx, t, c, "client agent restart", (*cluster.Node).RestartAgent)
+	})
 	end := time.Now().Add(*soak)
 	for round := 1; round == 1 || time.Now().Before(end); round++ {
 		if !runRound(ctx, t, c, faults, round) {

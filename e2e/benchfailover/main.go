@@ -1,7 +1,8 @@
 // Command benchfailover measures Bedrock's failover time, fault to "new master serving" (the
 // new master's app wrote its first line), over every failover scenario of e2e/cluster, each
-// repeated -reps times on a 3-node cluster (real Consul agents, real Docker, the plugin through
-// plugin/harness). Beside it, in the same run, the yard-stick: the same cluster with Consul's
+// repeated -reps times, under a real Nomad agent by default (a server and 4 clients, each with
+// its own Consul agent, real Docker, the job's restart block Nomad's default), or with
+// -harness on 3 nodes driven by plugin/harness. Beside it, in the same run, the yard-stick: the same cluster with Consul's
 // default lock settings (15 s session TTL as `consul lock` uses, 15 s lock-delay) and nothing
 // but Consul's timers to end a dead master's lock. Every run also checks the invariants (no two
 // masters, no acknowledged write lost) and the totals are printed.
@@ -20,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"slices"
 	"sort"
 	"strings"
@@ -30,6 +32,7 @@ import (
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/cluster"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/netns"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/nomad"
 )
 
 func main() {
@@ -37,7 +40,14 @@ func main() {
 	yreps := flag.Int("yardstick-reps", 0, "runs of each yard-stick scenario (default: -reps)")
 	only := flag.String("scenarios", "", "comma-separated scenarios (default: all)")
 	verbose := flag.Bool("v", false, "print the clusters' progress")
+	harness := flag.Bool("harness", false, "drive the plugins with plugin/harness instead of a real Nomad agent")
 	flag.Parse()
+	if !*harness {
+		if _, err := nomad.Binary(); err != nil {
+			fmt.Fprintf(os.Stderr, "bench-failover: %v\n(run with -harness to measure without Nomad)\n", err)
+			os.Exit(2)
+		}
+	}
 	if *yreps == 0 {
 		*yreps = *reps
 	}
@@ -53,7 +63,7 @@ func main() {
 		log = os.Stderr
 	}
 	os.Exit(cluster.RunProgram("bench-failover", log, func(ctx context.Context, t testing.TB) error {
-		return bench(ctx, t, faults, *reps, *yreps)
+		return bench(ctx, t, faults, *reps, *yreps, !*harness)
 	}))
 }
 
@@ -78,8 +88,12 @@ func (s *series) add(r *cluster.Result) {
 	s.unacct += r.NotSetAside
 }
 
-func bench(ctx context.Context, t testing.TB, faults []cluster.Fault, reps, yreps int) error {
-	fmt.Printf("bench-failover: %d runs per scenario, yard-stick %d runs; starting two 3-node clusters\n", reps, yreps)
+func bench(ctx context.Context, t testing.TB, faults []cluster.Fault, reps, yreps int, underNomad bool) error {
+	how := "under a real Nomad agent (" + nomadVersion() + "), 4 clients each"
+	if !underNomad {
+		how = "plugin/harness in Nomad's place, 3 nodes each"
+	}
+	fmt.Printf("bench-failover: %d runs per scenario, yard-stick %d runs; two clusters, %s\n", reps, yreps, how)
 	ours := &series{samples: map[cluster.Fault][]time.Duration{}}
 	yard := &series{samples: map[cluster.Fault][]time.Duration{}}
 	useNetns := netns.Available() == nil //nolint:contextcheck // bounded by the helper's own timeout
@@ -87,8 +101,8 @@ func bench(ctx context.Context, t testing.TB, faults []cluster.Fault, reps, yrep
 		faults = slices.DeleteFunc(slices.Clone(faults), func(f cluster.Fault) bool { return f == cluster.Partition })
 		fmt.Println("bench-failover: no network namespaces here (needs root and iproute2): the partition scenario is skipped")
 	}
-	c := cluster.Start(ctx, t, cluster.Options{Job: "bench", Netns: useNetns})
-	y := cluster.Start(ctx, t, cluster.Options{Job: "yardstick", SessionTTL: "15s", LockDelay: "15s", PlainConsulLock: true})
+	c := cluster.Start(ctx, t, cluster.Options{Job: "bench", Netns: useNetns, Nomad: underNomad})
+	y := cluster.Start(ctx, t, cluster.Options{Job: "yardstick", SessionTTL: "15s", LockDelay: "15s", PlainConsulLock: true, Nomad: underNomad})
 
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
@@ -159,6 +173,19 @@ func runAll(ctx context.Context, c *cluster.Cluster, name string, faults []clust
 		}
 	}
 	return nil
+}
+
+// nomadVersion is the first line of `nomad version`.
+func nomadVersion() string {
+	bin, err := nomad.Binary()
+	if err != nil {
+		return "nomad"
+	}
+	out, err := exec.Command(bin, "version").Output()
+	if err != nil {
+		return bin
+	}
+	return strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0]
 }
 
 // pct is the p-th percentile (nearest rank) in seconds; 100 is the maximum.

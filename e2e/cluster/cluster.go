@@ -129,19 +129,20 @@ type Alloc struct {
 // Start brings up Consul, the plugins and one allocation per node, and waits for a master.
 func Start(ctx context.Context, t testing.TB, opts Options) *Cluster {
 	t.Helper()
-	if opts.Nodes == 0 {
-		opts.Nodes = 3
-		if opts.Nomad {
-			opts.Nodes = 4
+	if js := opts.Jobspec; js != nil {
+		opts.Job, opts.Group = js.Job, js.Group
+		if js.Count > 0 && opts.Count == 0 {
+			opts.Count = js.Count
 		}
 	}
 	if opts.Count == 0 {
 		opts.Count = 3
 	}
-	if js := opts.Jobspec; js != nil {
-		opts.Job, opts.Group = js.Job, js.Group
-		if js.Count > 0 {
-			opts.Nodes = js.Count
+	if opts.Nodes == 0 {
+		// under Nomad, one node more than the count: a spare for replacements
+		opts.Nodes = opts.Count
+		if opts.Nomad {
+			opts.Nodes = opts.Count + 1
 		}
 	}
 	if opts.Job == "" {

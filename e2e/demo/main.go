@@ -1,8 +1,10 @@
-// Command demo is `make demo`: a local 3-node Bedrock cluster that shows a failover. Everything
-// is real except Nomad (no Nomad binary may be used here, so plugin/harness plays the three
-// Nomad clients, and the demo reads the jobspec in the Nomad server's place): a Consul server
-// and one Consul client agent per node, the Docker engine, and the bedrock plugin per node. It
-// deploys jobspecs/demo.nomad.hcl, writes through the master found via Consul, kills the
+// Command demo is `make demo`: a local Bedrock cluster that shows a failover. When it finds a
+// Nomad binary ($NOMAD_BIN, `nomad` on PATH, or the Nomad 1.6.5 build in shared/tools beside
+// the repository) everything is real: a Nomad server and 4 client agents, each with its own
+// Consul client agent, the plugin launched by each client from its plugin_dir, the Docker
+// engine; the job is submitted through Nomad's API. Without one (or with -harness),
+// plugin/harness plays 3 Nomad clients and the demo reads the jobspec in the server's place.
+// It deploys jobspecs/demo.nomad.hcl, writes through the master found via Consul, kills the
 // master, shows the promotion and the failover time, checks every acknowledged write, and
 // brings the lost instance back as a clone. Everything it started is removed on exit or Ctrl-C.
 package main
@@ -21,6 +23,7 @@ import (
 	"time"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/cluster"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/nomad"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/jobspecs"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/status"
 )
@@ -29,6 +32,7 @@ func main() {
 	fault := flag.String("fault", string(cluster.KillSyncer), "how the master dies: "+faultNames())
 	keep := flag.Bool("keep", false, "keep the cluster running after the failover until Ctrl-C")
 	verbose := flag.Bool("v", false, "print the cluster's own progress lines")
+	harness := flag.Bool("harness", false, "use plugin/harness in Nomad's place even when a Nomad binary is found")
 	flag.Parse()
 	f := cluster.Fault(*fault)
 	if _, ok := what[f]; !ok {
@@ -40,7 +44,7 @@ func main() {
 		log = os.Stderr
 	}
 	os.Exit(cluster.RunProgram("demo", log, func(ctx context.Context, t testing.TB) error {
-		return demo(ctx, t, f, *keep)
+		return demo(ctx, t, f, *keep, *harness)
 	}))
 }
 
@@ -62,27 +66,43 @@ var what = map[cluster.Fault]string{
 
 func step(format string, args ...any) { fmt.Printf("==> "+format+"\n", args...) }
 
-func demo(ctx context.Context, t testing.TB, fault cluster.Fault, keep bool) error {
+func demo(ctx context.Context, t testing.TB, fault cluster.Fault, keep, harness bool) error {
 	js, err := cluster.ParseJobspec("jobspecs/demo.nomad.hcl", jobspecs.Demo())
 	if err != nil {
 		return err
 	}
-	if p, err := exec.LookPath("nomad"); err == nil {
-		step("a nomad binary is on PATH (%s), but this demo does not start Nomad: plugin/harness plays the 3 Nomad clients", p)
-	} else {
-		step("no nomad binary on PATH: plugin/harness plays the 3 Nomad clients, driving the plugin exactly as Nomad does")
+	opts := cluster.Options{Jobspec: js, ImageAliases: []string{"bedrock-demo:latest"}}
+	bin, nerr := nomad.Binary()
+	switch {
+	case harness:
+		step("-harness: plugin/harness plays the 3 Nomad clients, driving the plugin exactly as Nomad does")
+	case nerr != nil:
+		step("no Nomad binary found (%v): plugin/harness plays the 3 Nomad clients, driving the plugin exactly as Nomad does", nerr)
+	default:
+		opts.Nomad, opts.JobspecHCL = true, string(jobspecs.Demo())
+		step("real Nomad: %s", bin)
 	}
-	step("starting 3 nodes: a Consul server + 3 Consul client agents, 3 bedrock plugins, the Docker engine")
 	start := time.Now()
-	c := cluster.Start(ctx, t, cluster.Options{Jobspec: js, ImageAliases: []string{"bedrock-demo:latest"}})
+	if opts.Nomad {
+		step("starting a Nomad server and 4 Nomad clients, a Consul server + 4 Consul client agents, the Docker engine")
+	} else {
+		step("starting 3 nodes: a Consul server + 3 Consul client agents, 3 bedrock plugins, the Docker engine")
+	}
+	c := cluster.Start(ctx, t, opts)
 	fmt.Printf("    Consul UI: http://%s/ui\n", c.Consul.HTTPAddr())
-	step("deployed job %q (jobspecs/demo.nomad.hcl): group %q, %d instances, tasks %q (syncer) and %q (app)",
-		js.Job, js.Group, js.Count, js.SyncerTask, js.AppTask)
+	if opts.Nomad {
+		fmt.Printf("    Nomad UI:  %s/ui/jobs/%s\n", c.NomadAddr, js.Job)
+		step("nomad job run jobspecs/demo.nomad.hcl: group %q, %d instances, tasks %q (syncer) and %q (app)", js.Group, js.Count, js.SyncerTask, js.AppTask)
+	} else {
+		step("deployed job %q (jobspecs/demo.nomad.hcl): group %q, %d instances, tasks %q (syncer) and %q (app)",
+			js.Job, js.Group, js.Count, js.SyncerTask, js.AppTask)
+	}
 	if err := watch(ctx, c, "waiting for one master and two caught-up clones", 60*time.Second, healthy); err != nil {
 		return err
 	}
 	fmt.Printf("    up in %s\n", time.Since(start).Round(100*time.Millisecond))
 	showStatus(ctx, c)
+	showJobStatus(c, bin)
 
 	service := serviceOf(js)
 	cl, err := newClient(c.Consul.HTTPAddr(), service)
@@ -144,6 +164,7 @@ func demo(ctx context.Context, t testing.TB, fault cluster.Fault, keep bool) err
 		return err
 	}
 	showStatus(ctx, c)
+	showJobStatus(c, bin)
 
 	acks, failed := cl.snapshot()
 	lost, aside := check(acks, m, back)
@@ -195,6 +216,22 @@ func check(acks []ack, master, back *cluster.Alloc) (lost []ack, aside int) {
 		lost = append(lost, a)
 	}
 	return lost, aside
+}
+
+// showJobStatus prints `nomad job status` of the demo job under a real Nomad.
+func showJobStatus(c *cluster.Cluster, bin string) {
+	if c.NomadAddr == "" {
+		return
+	}
+	fmt.Printf("    $ nomad job status %s\n", c.Opts.Job)
+	cmd := exec.Command(bin, "job", "status", "-address", c.NomadAddr, c.Opts.Job)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		fmt.Printf("    (nomad job status: %v)\n", err)
+	}
+	for _, l := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
+		fmt.Println("    " + l)
+	}
 }
 
 func restoreHow(f cluster.Fault) string {
@@ -301,6 +338,9 @@ func lastFailover(c *cluster.Cluster) string {
 // showStatus prints what an operator's `nomad-driver-bedrock status` shows.
 func showStatus(ctx context.Context, c *cluster.Cluster) {
 	args := []string{"-job", c.Opts.Job, "-group", c.Opts.Group, "-consul", c.Consul.HTTPAddr()}
+	if c.NomadAddr != "" {
+		args = append(args, "-nomad", c.NomadAddr)
+	}
 	fmt.Printf("    $ nomad-driver-bedrock status %s\n", strings.Join(args, " "))
 	var b strings.Builder
 	status.Run(ctx, args, &b, &b)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -33,10 +34,30 @@ func (f *fakeSyncer) Serving(term uint64) bool {
 
 type instance struct {
 	id     string
+	sock   string
 	ann    *announce.Announcer
 	gate   *announce.Gate
 	cancel context.CancelFunc
 	done   chan error
+	// failed stops the driver's reports once the app failed (the gate loop ends there).
+	failed atomic.Bool
+	// stopGate ends the gate's connection (the app task destroyed by Nomad).
+	stopGate context.CancelFunc
+}
+
+// follow starts a gate on the instance's socket that reports the app as running while open,
+// as the driver does, until the app fails.
+func (in *instance) follow() {
+	gctx, gcancel := context.WithCancel(context.Background())
+	g := announce.Follow(gctx, in.sock, announce.GateConfig{})
+	in.gate, in.stopGate = g, gcancel
+	go func() {
+		for st := range g.Updates() {
+			if !in.failed.Load() {
+				g.Report(st.Open)
+			}
+		}
+	}()
 }
 
 func startInstance(t *testing.T, c *consul.Cluster, node int, id string) *instance {
@@ -65,22 +86,16 @@ func startInstance(t *testing.T, c *consul.Cluster, node int, id string) *instan
 			fs.mu.Unlock()
 		}
 	}()
-	in := &instance{id: id, ann: ann, cancel: cancel, done: make(chan error, 1)}
+	in := &instance{id: id, sock: sock, ann: ann, cancel: cancel, done: make(chan error, 1)}
 	// The driver's side: a gate that reports the app as running while open.
-	gctx, gcancel := context.WithCancel(context.Background())
-	in.gate = announce.Follow(gctx, sock, announce.GateConfig{})
-	go func() {
-		for st := range in.gate.Updates() {
-			in.gate.Report(st.Open)
-		}
-	}()
+	in.follow()
 	runCtx, runCancel := context.WithCancel(ctx)
 	in.cancel = runCancel
 	go func() { in.done <- e.Run(runCtx) }()
 	t.Cleanup(func() {
 		runCancel()
 		<-in.done
-		gcancel()
+		in.stopGate()
 		_ = ann.Close()
 		_ = l.Close(context.Background())
 		cancel()
@@ -165,5 +180,46 @@ func TestOneMasterAndGracefulHandover(t *testing.T) {
 	// The new master's term is newer.
 	if s1, s2 := first.ann.State(), second.ann.State(); s2.Term <= s1.Term {
 		t.Errorf("terms did not grow: %d then %d", s1.Term, s2.Term)
+	}
+}
+
+// TestAppFailureHandsOverUntilTheAppIsBack: when the master's app exits by itself (the driver's
+// gate reports it failed), the lock goes to another instance at once, without waiting for a
+// deadline; the failed instance takes no part in elections while its app task is down, and
+// takes part again once the app task is back (a new gate). Without the hand-over the failed
+// instance keeps the lock until Nomad's restart delay has passed.
+func TestAppFailureHandsOverUntilTheAppIsBack(t *testing.T) {
+	c := consul.Start(t, consul.WithClients(3))
+	var ins []*instance
+	for i := 0; i < 3; i++ {
+		ins = append(ins, startInstance(t, c, i, fmt.Sprintf("alloc-%d", i)))
+	}
+	first := waitOneMaster(t, ins, nil, 15*time.Second)
+	start := time.Now()
+	first.failed.Store(true)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := first.gate.ReportFailed(ctx); err != nil {
+		t.Fatal(err)
+	}
+	second := waitOneMaster(t, ins, first, 3*time.Second)
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("the hand-over after the app failed took %v", took)
+	}
+	t.Logf("app of %s failed: %s master after %v", first.id, second.id, time.Since(start))
+
+	// The second master stops: the failed instance, its app still down, must not take over.
+	second.cancel()
+	third := waitOneMaster(t, ins, second, 10*time.Second)
+	if third == first {
+		t.Fatalf("%s took the lock while its app task was down", first.id)
+	}
+	// Nomad restarts the app task: a new gate connects, and the instance is a candidate again.
+	first.stopGate()
+	first.failed.Store(false)
+	first.follow()
+	third.cancel()
+	if back := waitOneMaster(t, ins, third, 10*time.Second); back != first {
+		t.Fatalf("with its app back, %s should be the only candidate left, but %s is master", first.id, back.id)
 	}
 }

@@ -242,6 +242,7 @@ type gateEvents struct {
 	masterTerm  uint64 // term of the last master state seen; 0 once the demotion is told
 	stopPending bool   // the app was stopped for a role change not told yet
 	lastMsg     string // the last syncer message told
+	lastNotice  string // the last standing notice told
 
 	follow      string    // the master followed (address), "" when none
 	followTerm  uint64    // ... and its term
@@ -291,12 +292,18 @@ func (e *gateEvents) observe(now time.Time, st announce.Status) []string {
 		return nil // a silent syncer: the stop event, if any, told it
 	}
 	s := st.State
+	var out []string
+	if s.Notice != e.lastNotice {
+		e.lastNotice = s.Notice
+		if s.Notice != "" {
+			out = append(out, capitalize(s.Notice))
+		}
+	}
 	if s.Role == announce.RoleMaster {
 		e.masterTerm, e.stopPending = s.Term, false
 		e.follow, e.followTerm = "", 0
-		return nil
+		return out
 	}
-	var out []string
 	if e.masterTerm != 0 || e.stopPending {
 		term := e.masterTerm
 		if term == 0 {

@@ -100,6 +100,10 @@ func mainConsul(ctx context.Context, args []string, stderr io.Writer) int {
 			}
 		}
 	}
+	var notice string
+	lcfg.OnTTLRaised = func(asked, used time.Duration) {
+		notice = ttlNotice(asked, used, *lockDelay)
+	}
 	leaser, err := lease.NewConsul(ctx, lcfg)
 	if err != nil {
 		log.Error("election unavailable", "error", err)
@@ -114,6 +118,9 @@ func mainConsul(ctx context.Context, args []string, stderr io.Writer) int {
 	if err != nil {
 		log.Error("role socket", "error", err)
 		return 1
+	}
+	if notice != "" {
+		ann.SetNotice(notice)
 	}
 	defer func() { _ = ann.Close() }()
 
@@ -495,4 +502,13 @@ func hostOf(addr string) string {
 		return addr
 	}
 	return h
+}
+
+// ttlNotice is the task event that says the Consul servers raised the session TTL, what it
+// costs and how to avoid it.
+func ttlNotice(asked, used, lockDelay time.Duration) string {
+	return fmt.Sprintf("Consul refused the %s session TTL (its session_ttl_min is %s), so the session runs with %s: "+
+		"a crash or a lost node still fails over in seconds, but a master that stops renewing while its node stays healthy in Consul is replaced only after up to %s; "+
+		"set session_ttl_min = \"1s\" in the Consul servers' configuration to cut that to %s",
+		asked, used, used, 2*used+lockDelay, 2*asked+lockDelay)
 }

@@ -118,6 +118,9 @@ type State struct {
 	Progress *Progress
 	// Message is a human sentence for task events ("promoted to master at term 7").
 	Message string
+	// Notice is a standing warning about how the syncer runs (e.g. "Consul refused the 3s
+	// session TTL ..."), told once as a task event; it survives every Set (SetNotice).
+	Notice string
 }
 
 // message is one JSON line. Every message carries the full state: a heartbeat is the latest
@@ -136,6 +139,7 @@ type message struct {
 	Lag        uint64    `json:"lag,omitempty"` // added in v1 without a version bump: older receivers ignore it
 	Progress   *Progress `json:"progress,omitempty"`
 	Message    string    `json:"message,omitempty"`
+	Notice     string    `json:"notice,omitempty"` // added in v1 without a version bump: older receivers ignore it
 }
 
 // report is a line from a gate to the announcer: whether the app runs, as of a state version.
@@ -157,7 +161,7 @@ type report struct {
 // for the time left).
 func encode(s State, seq, version uint64, now time.Time) ([]byte, error) {
 	m := message{V: Version, Seq: seq, Version: version, SentAt: now.Round(0), Role: s.Role, Term: s.Term, Position: s.Position,
-		CaughtUp: s.CaughtUp, MasterAddr: s.MasterAddr, Lag: s.Lag, Progress: s.Progress, Message: s.Message}
+		CaughtUp: s.CaughtUp, MasterAddr: s.MasterAddr, Lag: s.Lag, Progress: s.Progress, Message: s.Message, Notice: s.Notice}
 	if m.Role == "" {
 		m.Role = RoleUnknown
 	}
@@ -196,7 +200,7 @@ func decode(line []byte, recv time.Time) (decoded, error) {
 		return decoded{}, errors.New("announce: negative deadline")
 	}
 	s := State{Role: m.Role, Term: m.Term, Position: m.Position, CaughtUp: m.CaughtUp,
-		MasterAddr: m.MasterAddr, Lag: m.Lag, Progress: m.Progress, Message: m.Message}
+		MasterAddr: m.MasterAddr, Lag: m.Lag, Progress: m.Progress, Message: m.Message, Notice: m.Notice}
 	if m.DeadlineIn > 0 {
 		// Time in transit by the shared wall clock (same host). A negative transit means the
 		// wall clock stepped back: count it as zero (the heartbeat bounds the error).

@@ -53,6 +53,7 @@ type Announcer struct {
 	reports map[uint64]report // per connection: the gate's last report (reporting gates only)
 	repCh   chan struct{}     // closed and replaced on every report change
 	notify  chan struct{}     // closed and replaced on every Set and report change
+	notice  string            // SetNotice's, carried by every state
 }
 
 // ErrNoGate means no connected gate reports on the app: nobody can confirm it stopped, so the
@@ -105,7 +106,17 @@ func (a *Announcer) Set(s State) {
 	a.setLocked(s)
 }
 
+// SetNotice sets the standing warning every announced state carries from now on (State.Notice;
+// the driver tells it once as a task event).
+func (a *Announcer) SetNotice(notice string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.notice = notice
+	a.setLocked(a.state)
+}
+
 func (a *Announcer) setLocked(s State) {
+	s.Notice = a.notice
 	if s.Role == "" {
 		s.Role = RoleUnknown
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -39,6 +40,9 @@ type ConsulConfig struct {
 	// allocation so the driver can release the lock at once if the syncer dies (see
 	// ReleaseAbandoned) instead of everyone waiting out the TTL and the lock-delay.
 	OnSession func(id string)
+	// OnTTLRaised, when set, learns that the Consul servers refused Timing.TTL and the session
+	// runs with the smallest TTL they allow instead (a stock Consul's session_ttl_min is 10s).
+	OnTTLRaised func(asked, used time.Duration)
 }
 
 // Consul is the Leaser backed by a Consul session, the lock key
@@ -107,6 +111,24 @@ func NewConsul(ctx context.Context, cfg ConsulConfig) (*Consul, error) {
 	}
 	sent := time.Now()
 	id, err := c.createSession(ctx)
+	if min, ok := refusedTTLMin(err); ok && min > c.timing.TTL {
+		// A stock Consul refuses TTLs under 10s. The TTL is not what keeps one master at a
+		// time (Validity derives from the lock-delay, see Timing) nor what makes a failover
+		// fast (the driver releases a dead syncer's lock, serfHealth ends a lost node's
+		// session): it only bounds a master that is cut off but alive. So take the smallest
+		// TTL the servers allow rather than refuse to run.
+		asked := c.timing.TTL
+		c.timing.TTL = min
+		if verr := c.timing.Validate(); verr != nil {
+			return nil, fmt.Errorf("lease: the servers' smallest session TTL %s does not fit the timing: %w", min, verr)
+		}
+		log.Warn("the Consul servers refuse the session TTL; using the smallest they allow", "asked", asked, "used", min)
+		if cfg.OnTTLRaised != nil {
+			cfg.OnTTLRaised(asked, min)
+		}
+		sent = time.Now()
+		id, err = c.createSession(ctx)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -158,6 +180,27 @@ func (c *Consul) createSession(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("lease: create Consul session: %w", err)
 	}
 	return id, nil
+}
+
+// ttlBounds reads the allowed range from Consul's refusal of a session TTL, e.g.
+// "Invalid Session TTL '3000000000', must be between [10s=24h0m0s]".
+var ttlBounds = regexp.MustCompile(`must be between \[([0-9a-zµ.]+)=([0-9a-zµ.]+)\]`)
+
+// refusedTTLMin returns the smallest TTL the servers allow when err is their refusal of the
+// session TTL.
+func refusedTTLMin(err error) (time.Duration, bool) {
+	if err == nil || !errors.Is(err, ErrTTLRefused) {
+		return 0, false
+	}
+	m := ttlBounds.FindStringSubmatch(err.Error())
+	if m == nil {
+		return 0, false
+	}
+	d, perr := time.ParseDuration(m[1])
+	if perr != nil || d <= 0 {
+		return 0, false
+	}
+	return d, true
 }
 
 // renewLoop keeps the session alive. A master renews every Validity/3 so its deadline keeps

@@ -251,6 +251,9 @@ func (h *taskHandle) recordExit(ctx context.Context) {
 	if res.OOMKilled {
 		h.d.emit(h, "OOM killed: the task used more memory than its limit")
 	}
+	if h.state.Syncer && res.ExitCode > 0 && res.ExitCode < 128 {
+		h.tellSyncerFailure(ctx, res.ExitCode)
+	}
 	h.setExit(res)
 }
 

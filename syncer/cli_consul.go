@@ -106,7 +106,7 @@ func mainConsul(ctx context.Context, args []string, stderr io.Writer) int {
 	}
 	leaser, err := lease.NewConsul(ctx, lcfg)
 	if err != nil {
-		log.Error("election unavailable", "error", err)
+		log.Error("election unavailable", "error", consulHint(err, *consulAddr))
 		return 1
 	}
 	defer func() {
@@ -511,4 +511,16 @@ func ttlNotice(asked, used, lockDelay time.Duration) string {
 		"a crash or a lost node still fails over in seconds, but a master that stops renewing while its node stays healthy in Consul is replaced only after up to %s; "+
 		"set session_ttl_min = \"1s\" in the Consul servers' configuration to cut that to %s",
 		asked, used, used, 2*used+lockDelay, 2*asked+lockDelay)
+}
+
+// consulHint adds to a failure to reach or use Consul what the operator can do about it.
+func consulHint(err error, addr string) error {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "Permission denied") || strings.Contains(msg, "ACL not found") || strings.Contains(msg, "403"):
+		return fmt.Errorf("%w (the Consul token, the plugin's consul.token, needs session:write on the node and key:write on the bedrock/ prefix)", err)
+	case strings.Contains(msg, "connection refused") || strings.Contains(msg, "no such host") || strings.Contains(msg, "i/o timeout"):
+		return fmt.Errorf("%w (no Consul agent answers at %s: start the node's Consul agent or set the plugin's consul.address)", err, addr)
+	}
+	return err
 }

@@ -1,9 +1,11 @@
 package driver_test
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -80,4 +82,73 @@ func TestSyncerTaskGatesTheApp(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitRunning(t, app, false, 5*time.Second)
+}
+
+// TestSyncerFailureIsATaskEvent: a syncer that cannot reach Consul exits non-zero, and the
+// reason, with what to do about it, reaches the task's events (what the Nomad UI shows),
+// not only its stderr.
+func TestSyncerFailureIsATaskEvent(t *testing.T) {
+	closed, err := harness.FreePort("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent := startAgent(t, fmt.Sprintf("consul {\n  address = \"127.0.0.1:%d\"\n}\n", closed))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ev, err := agent.TaskEvents(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 64)
+	go func() {
+		for {
+			e, err := ev.Recv()
+			if err != nil {
+				return
+			}
+			got <- e.GetMessage()
+		}
+	}()
+	alloc := harness.NewAllocID()
+	syncPort, err := harness.FreePort("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	syncer, err := agent.PrepareTask(t.TempDir(), harness.TaskSpec{
+		Job: "fail" + alloc[:6], Group: "g", Task: "syncer", AllocID: alloc, Ports: []harness.Port{{Label: "sync", Value: syncPort}},
+		Config: `syncer {
+		  port   = "sync"
+		  secret = "0123456789abcdef-driver-test"
+		}`,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(syncer.Logs.Close)
+	if err := agent.StartTask(ctxFor(t, 3*time.Minute), syncer); err != nil {
+		t.Fatalf("syncer task: %v", err)
+	}
+	t.Cleanup(func() { destroy(t, agent, syncer) })
+	res, err := agent.WaitTask(ctxFor(t, time.Minute), syncer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ExitCode == 0 {
+		t.Fatalf("the syncer exited with %d, want a failure", res.ExitCode)
+	}
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case m := <-got:
+			if strings.HasPrefix(m, "Syncer exited with code") {
+				if !strings.Contains(m, "no Consul agent answers") || !strings.Contains(m, "consul.address") {
+					t.Fatalf("the event does not say the cause and the fix: %q", m)
+				}
+				t.Logf("event: %s", m)
+				return
+			}
+		case <-deadline:
+			t.Fatalf("no task event tells why the syncer exited; its stderr: %s", syncer.Logs.Stderr())
+		}
+	}
 }

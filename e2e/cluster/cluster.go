@@ -60,6 +60,9 @@ type Options struct {
 	// per node, the job submitted through Nomad's API. Nodes then counts Nomad clients (default
 	// 4: a spare for replacements) and Count the group's instances (default 3).
 	Nomad bool
+	// StockConsul runs the Consul server with no extra configuration (its session_ttl_min
+	// stays 10s) instead of session_ttl_min = "1s".
+	StockConsul bool
 	// Count is the group's count under Nomad.
 	Count int
 	// JobspecHCL, under Nomad, is the job to submit instead of the built-in writer.
@@ -165,6 +168,9 @@ func Start(ctx context.Context, t testing.TB, opts Options) *Cluster {
 	c.LeaderKey = lease.KeyPrefix("", "default", opts.Job, opts.Group) + "/leader"
 
 	copts := []consul.Option{consul.WithClients(opts.Nodes)}
+	if opts.StockConsul {
+		copts = append(copts, consul.WithSessionTTLMin(0))
+	}
 	if opts.Netns {
 		copts = append(copts, consul.WithNetns())
 	}

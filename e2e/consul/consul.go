@@ -74,7 +74,8 @@ func WithClients(n int) Option { return func(c *config) { c.clients = n } }
 // WithBinary uses the given consul binary instead of looking one up.
 func WithBinary(path string) Option { return func(c *config) { c.binary = path } }
 
-// WithSessionTTLMin sets the server's session_ttl_min (default 1s; Consul's own default is 10s).
+// WithSessionTTLMin sets the server's session_ttl_min (default 1s; zero keeps Consul's own
+// default, 10s: a stock server).
 func WithSessionTTLMin(d time.Duration) Option { return func(c *config) { c.sessionTTLMin = d } }
 
 // WithStartTimeout bounds how long Start waits for the cluster to be ready (default 45s).
@@ -400,8 +401,11 @@ func (c *Cluster) args(n *Node) []string {
 	}
 	if n.Server {
 		a = append(a, "-dev")
-		// allow short session TTLs for elections (Consul's default minimum is 10s)
-		hcl = append(hcl, fmt.Sprintf(`session_ttl_min = "%s"`, c.cfg.sessionTTLMin))
+		// allow short session TTLs for elections (Consul's default minimum is 10s); zero
+		// leaves Consul's own default (a stock server)
+		if c.cfg.sessionTTLMin > 0 {
+			hcl = append(hcl, fmt.Sprintf(`session_ttl_min = "%s"`, c.cfg.sessionTTLMin))
+		}
 	} else {
 		a = append(a,
 			"-server=false",

@@ -81,6 +81,10 @@ type Cluster struct {
 
 	// NomadAddr is the Nomad server's HTTP address (Options.Nomad).
 	NomadAddr string
+	// FirstMaster is, under Nomad, the time from `nomad job run` to the first master's app
+	// writing.
+	FirstMaster time.Duration
+	submitted   time.Time
 
 	image, plugin, secret string
 	history               *History
@@ -199,9 +203,12 @@ func Start(ctx context.Context, t testing.TB, opts Options) *Cluster {
 			t.Fatalf("cluster: %v", err)
 		}
 		if opts.JobspecHCL == "" {
-			if _, err := c.WaitMaster(bctx, 0, 2*time.Minute); err != nil {
+			s, err := c.WaitMaster(bctx, 0, 2*time.Minute)
+			if err != nil {
 				t.Fatalf("cluster: %v", err)
 			}
+			c.FirstMaster = s.At.Sub(c.submitted)
+			c.Logf("first master serving %s after nomad job run", c.FirstMaster.Round(time.Millisecond))
 		}
 		return c
 	}
@@ -353,6 +360,20 @@ func (c *Cluster) EventsMatching(s string) []Event {
 		}
 	}
 	return out
+}
+
+// WaitEvent waits up to timeout for a task event of any node whose message contains s.
+func (c *Cluster) WaitEvent(ctx context.Context, s string, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		if len(c.EventsMatching(s)) > 0 {
+			return true
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return false
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // ConsulAddr is the node's Consul agent HTTP address.

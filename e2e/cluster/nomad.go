@@ -141,6 +141,7 @@ func (b *nomadBackend) submit(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("parsing the job: %w", err)
 	}
+	c.submitted = time.Now()
 	if _, _, err := api.Jobs().Register(job, (&nomadapi.WriteOptions{}).WithContext(ctx)); err != nil {
 		return fmt.Errorf("nomad job run: %w", err)
 	}

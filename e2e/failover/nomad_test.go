@@ -48,3 +48,41 @@ func TestFailoverUnderNomad(t *testing.T) {
 		}
 	}
 }
+
+// TestStockConsulUnderNomad runs Bedrock on a Consul server started with no extra
+// configuration: its session_ttl_min (10s) refuses the syncer's 3s TTL, so the syncer runs with
+// the smallest TTL Consul allows and says so in a task event. A master is elected within 10s of
+// `nomad job run`, and the crash and node-loss failovers still do not wait for the TTL.
+func TestStockConsulUnderNomad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end: needs Docker, Consul and Nomad")
+	}
+	nomad.Require(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	c := cluster.Start(ctx, t, cluster.Options{Nomad: true, StockConsul: true, Job: "stock"})
+	if c.FirstMaster > 10*time.Second {
+		t.Errorf("the first master served %s after nomad job run, want within 10s", c.FirstMaster)
+	}
+	if !c.WaitEvent(ctx, "Consul refused the 3s session TTL (its session_ttl_min is 10s)", 10*time.Second) {
+		t.Errorf("no task event says that Consul raised the session TTL")
+	}
+	for _, f := range []cluster.Fault{cluster.KillSyncer, cluster.NodeLoss, cluster.KillApp} {
+		ok := t.Run(string(f), func(t *testing.T) {
+			r, err := c.Run(ctx, f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Log(r.String())
+			for _, s := range r.SplitBrain {
+				t.Errorf("two masters: %s", s)
+			}
+			if r.LostWrites > 0 || r.NotSetAside > 0 {
+				t.Errorf("%d writes the clones held are missing, %d of the old master's unaccounted", r.LostWrites, r.NotSetAside)
+			}
+		})
+		if !ok {
+			return
+		}
+	}
+}

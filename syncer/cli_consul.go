@@ -169,9 +169,22 @@ func mainConsul(ctx context.Context, args []string, stderr io.Writer) int {
 		defer wg.Done()
 		reg.run(runCtx)
 	}()
+	// A syncer that fails in its role (a master that cannot serve clones)
+	// ends the election: the elector steps down gracefully (announces,
+	// waits out the deadline unless the app is proven stopped, releases),
+	// and the process exits 1 for Nomad to restart it as a clone.
+	elCtx, stepDown := context.WithCancel(ctx)
+	defer stepDown()
 	errc := make(chan error, 1)
-	go func() { errc <- s.Run(runCtx) }()
-	if err := el.Run(ctx); err != nil {
+	go func() {
+		err := s.Run(runCtx)
+		if err != nil && runCtx.Err() == nil {
+			log.Error("syncer failed; stepping down", "error", err)
+			stepDown()
+		}
+		errc <- err
+	}()
+	if err := el.Run(elCtx); err != nil {
 		log.Error("election failed", "error", err)
 		stop()
 		wg.Wait()

@@ -269,11 +269,13 @@ func (m *Master) Run(ctx context.Context) error {
 			delay = 0
 			m.setListenErr(nil)
 		}
-		release, ok := m.pre.acquire(conn.RemoteAddr())
+		release, ok, evicted := m.pre.acquire(conn)
+		if evicted {
+			m.cfg.Metrics.PreAuthRefused.Inc()
+		}
 		if !ok {
-			// Too many peers in the middle of a handshake: refuse at
-			// once rather than queue, so no peer can make the master
-			// hold more than maxPreAuth of them.
+			// This address has too many handshakes under way: refuse
+			// at once rather than queue.
 			m.cfg.Metrics.PreAuthRefused.Inc()
 			conn.Close()
 			continue
@@ -299,6 +301,7 @@ func (m *Master) relisten(ctx context.Context, old net.Listener) error {
 		ln, err := m.cfg.Relisten()
 		if err == nil {
 			m.setListener(ln)
+			m.setListenErr(nil)
 			select {
 			case <-ctx.Done():
 				m.closeListener()
@@ -380,47 +383,82 @@ func (m *Master) ListenErr() error {
 // Pre-authentication bounds: what peers that have not proved the secret
 // may cost the master at once. Each such connection holds a goroutine, a
 // socket and a few KiB (its handshake frames) for at most preAuthTimeout.
+// One address gets maxPreAuthPerIP of them (more are refused), so a single
+// peer cannot fill the table; when many addresses do, the oldest pending
+// handshake is dropped for the newest, so a genuine clone, whose handshake
+// takes one round trip, still gets through.
 const (
 	maxPreAuth      = 64
 	maxPreAuthPerIP = 8
 	preAuthTimeout  = 5 * time.Second
 )
 
-// preAuth counts unauthenticated connections, in all and per peer address.
+// preAuth tracks unauthenticated connections, oldest first.
 type preAuth struct {
-	mu    sync.Mutex
-	total int
-	byIP  map[string]int
+	mu      sync.Mutex
+	byIP    map[string]int
+	pending []*pendingConn
 }
 
-// acquire takes a slot for a new connection from addr; release gives it
-// back (idempotent: serve calls it once authenticated and again at exit).
-func (p *preAuth) acquire(addr net.Addr) (release func(), ok bool) {
-	ip := addr.String()
-	if ta, isTCP := addr.(*net.TCPAddr); isTCP {
+type pendingConn struct {
+	conn net.Conn
+	ip   string
+	done bool
+}
+
+// acquire takes a slot for a new connection; release gives it back
+// (idempotent: serve calls it once authenticated and again at exit).
+// evicted says an older pending connection was closed to make room.
+func (p *preAuth) acquire(conn net.Conn) (release func(), ok, evicted bool) {
+	ip := conn.RemoteAddr().String()
+	if ta, isTCP := conn.RemoteAddr().(*net.TCPAddr); isTCP {
 		ip = ta.IP.String()
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.total >= maxPreAuth || p.byIP[ip] >= maxPreAuthPerIP {
-		return nil, false
-	}
 	if p.byIP == nil {
 		p.byIP = make(map[string]int)
 	}
-	p.total++
+	if p.byIP[ip] >= maxPreAuthPerIP {
+		return nil, false, false
+	}
+	if len(p.pending) >= maxPreAuth {
+		old := p.pending[0]
+		p.removeLocked(old)
+		_ = old.conn.Close() // its serve goroutine ends on the closed conn
+		evicted = true
+	}
+	pc := &pendingConn{conn: conn, ip: ip}
+	p.pending = append(p.pending, pc)
 	p.byIP[ip]++
-	var once sync.Once
 	return func() {
-		once.Do(func() {
-			p.mu.Lock()
-			defer p.mu.Unlock()
-			p.total--
-			if p.byIP[ip]--; p.byIP[ip] <= 0 {
-				delete(p.byIP, ip)
-			}
-		})
-	}, true
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.removeLocked(pc)
+	}, true, evicted
+}
+
+func (p *preAuth) removeLocked(pc *pendingConn) {
+	if pc.done {
+		return
+	}
+	pc.done = true
+	if p.byIP[pc.ip]--; p.byIP[pc.ip] <= 0 {
+		delete(p.byIP, pc.ip)
+	}
+	for i, q := range p.pending {
+		if q == pc {
+			p.pending = append(p.pending[:i], p.pending[i+1:]...)
+			break
+		}
+	}
+}
+
+// count is how many connections are pending (tests).
+func (p *preAuth) count() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.pending)
 }
 
 func (m *Master) fence(term uint64) {

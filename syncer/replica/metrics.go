@@ -60,7 +60,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		AcceptErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "accept_errors_total",
 			Help: "Failures of the master's replication listener (each is retried with a backoff, or the listener is opened again)."}),
 		PreAuthRefused: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "preauth_refused_total",
-			Help: "Connections refused because too many peers were in the middle of a handshake."}),
+			Help: "Unauthenticated connections refused or dropped because too many were in the middle of a handshake."}),
 		ListenerUp: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "listener_up",
 			Help: "1 while a master accepts clones, 0 while its listener fails."}),
 		Unreplicable: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "unreplicable_entries_total",

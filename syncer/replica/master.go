@@ -454,12 +454,6 @@ func (p *preAuth) removeLocked(pc *pendingConn) {
 	}
 }
 
-// count is how many connections are pending (tests).
-func (p *preAuth) count() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.pending)
-}
 
 func (m *Master) fence(term uint64) {
 	m.mu.Lock()

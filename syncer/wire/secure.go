@@ -161,8 +161,8 @@ func counterNonce(n uint64) [12]byte {
 	return b
 }
 
-// ErrExhausted: a direction sent 2^64-1 frames (never in practice); the
-// nonce must not wrap.
+// ErrExhausted reports a direction that sent 2^64-1 frames (never in
+// practice): its nonce must not wrap.
 var ErrExhausted = errors.New("wire: frame counter exhausted")
 
 // Sealer seals the frames of one direction. Not safe for concurrent use:

@@ -155,11 +155,11 @@ func TestSealedTampering(t *testing.T) {
 	other, err := DeriveKeys([]byte("not-the-secret-0123456"), Transcript{Version: Version, Session: 5, ClientID: "c1", ServerTerm: 2})
 	must(t, err)
 	forged := splitFrames(sealedStream(t, other, []Frame{{Type: TFileBegin, Term: 2, Seq: 2, Payload: (&FileBegin{Path: "pwned.txt", Size: 5}).Marshal()}}))[0]
-	clear := AppendFrame(nil, Frame{Type: TFileBegin, Term: 2, Seq: 2, Payload: (&FileBegin{Path: "pwned.txt", Size: 5}).Marshal()})
+	clearFrame := AppendFrame(nil, Frame{Type: TFileBegin, Term: 2, Seq: 2, Payload: (&FileBegin{Path: "pwned.txt", Size: 5}).Marshal()})
 	cat := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
 	cases := map[string][]byte{
 		"inject sealed with another key": cat(good[0], forged, good[1], good[2], good[3]),
-		"inject clear frame":             cat(good[0], clear, good[1], good[2], good[3]),
+		"inject clear frame":             cat(good[0], clearFrame, good[1], good[2], good[3]),
 		"replay":                         cat(good[0], good[1], good[1], good[2], good[3]),
 		"reorder":                        cat(good[0], good[2], good[1], good[3]),
 		"drop":                           cat(good[0], good[2], good[3]),

@@ -454,7 +454,6 @@ func (p *preAuth) removeLocked(pc *pendingConn) {
 	}
 }
 
-
 func (m *Master) fence(term uint64) {
 	m.mu.Lock()
 	if m.fenced {

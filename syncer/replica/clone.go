@@ -809,9 +809,10 @@ const (
 )
 
 type bulkJob struct {
-	begin  wire.FileBegin
-	data   []chunk    // a small file, complete
-	chunks chan chunk // a streamed file, as it arrives
+	begin    wire.FileBegin
+	received int64      // data bytes received so far
+	data     []chunk    // a small file, complete
+	chunks   chan chunk // a streamed file, as it arrives
 }
 
 // chunk is the data of one frame and the pool buffer holding it.
@@ -942,6 +943,14 @@ func (s *session) receiveBulk() error {
 			if cur == nil {
 				return finish(errors.New("file data outside a file"))
 			}
+			// Never hold more than the file's declared size: a small
+			// file's data waits here for its FileEnd, so a master that
+			// sent more would make us buffer without bound.
+			n := int64(len(d.Data))
+			if d.Offset < 0 || d.Offset+n > cur.begin.Size || cur.received+n > cur.begin.Size {
+				return finish(fmt.Errorf("%w: data for %q beyond its declared size of %d bytes", wire.ErrMalformed, cur.begin.Path, cur.begin.Size))
+			}
+			cur.received += n
 			ch := chunk{FileData: d, buf: got}
 			if cur.chunks == nil {
 				cur.data = append(cur.data, ch)

@@ -57,6 +57,8 @@ type Master struct {
 	renamedDirs [][2]string
 	// watched are directories with an inotify watch (watch goroutine only).
 	watched map[string]bool
+	// skipped are names already reported as unreplicable (watch goroutine).
+	skipped map[string]bool
 
 	mu     sync.Mutex
 	cache  map[string]*tree.Entry

@@ -82,6 +82,10 @@ type ConsulConfig struct {
 	// failover in well under a second instead of the session TTL plus the
 	// lock-delay. On by default; false leaves it to Consul's timers.
 	ReleaseDeadSyncer *bool `msgpack:"release_dead_syncer"`
+	// ServicePrefix limits the Consul service names a job's syncer may
+	// register with the plugin's token: they must start with it. Empty
+	// means the job's own id; "*" allows any name.
+	ServicePrefix string `msgpack:"service_prefix"`
 }
 
 // NomadConfig is how the driver reads the live job for the placement
@@ -156,6 +160,7 @@ func configSpec() *hclspec.Spec {
 			"token":               hclspec.Attr("token", "string"),
 			"tls":                 hclspec.Block("tls", false, tlsSpec()),
 			"release_dead_syncer": hclspec.Default(hclspec.Attr("release_dead_syncer", "bool"), hclspec.Literal("true")),
+			"service_prefix":      hclspec.Attr("service_prefix", "string"),
 		})),
 		"nomad": hclspec.Block("nomad", false, hclspec.Object(map[string]*hclspec.Spec{
 			// No default: without an address (here or NOMAD_ADDR in the
@@ -289,6 +294,7 @@ func parsePluginConfig(raw []byte) (*settings, error) {
 		}
 		s.consul.Token, s.consul.TLS = c.Consul.Token, c.Consul.TLS
 		s.consul.ReleaseDeadSyncer = c.Consul.ReleaseDeadSyncer
+		s.consul.ServicePrefix = c.Consul.ServicePrefix
 		if err := checkTLSFiles("consul.tls", c.Consul.TLS); err != nil {
 			errs = append(errs, err)
 		}

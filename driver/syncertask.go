@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/docker/docker/api/types/build"
@@ -33,9 +35,10 @@ import (
 // dir at /alloc like any task: the replicated data at /alloc/data and the
 // role socket in /alloc/tmp.
 
-// syncerSecretEnv carries the replication secret into the container: the
-// environment, not the command line, keeps it out of `ps` and inspect
-// output of the arguments.
+// syncerSecretEnv is where a job may put the replication secret in the
+// task's environment (e.g. a template from a Nomad variable), as an
+// alternative to syncer.secret. It is not passed on to the container: the
+// syncer reads the secret from a file (see syncerTask).
 const syncerSecretEnv = "BEDROCK_SYNC_SECRET"
 
 var (
@@ -141,24 +144,95 @@ func (d *Driver) syncerContainer(ctx context.Context, cfg *plugin.TaskConfig, tc
 	if err != nil {
 		return nil, err
 	}
-	args, err := syncerArgs(d.settings(), cfg, sc, port, metrics)
+	return syncerTask(d.settings(), cfg, sc, ref, secret, port, metrics)
+}
+
+// syncerTask is the container task of a syncer: its command line, and its
+// secrets as files in the task's secrets dir (mounted at /secrets, private
+// to the task), never in its environment, where `docker inspect` shows
+// them to anyone with access to the Docker API. The Consul token and TLS
+// files of the plugin's consul block go the same way.
+func syncerTask(s *settings, cfg *plugin.TaskConfig, sc *SyncerConfig, ref, secret string, port plugin.PortMapping, metrics *plugin.PortMapping) (*TaskConfig, error) {
+	args, err := syncerArgs(s, cfg, sc, port, metrics)
 	if err != nil {
 		return nil, err
+	}
+	files := map[string][]byte{syncerSecretFile: []byte(secret)}
+	args = append(args, "-secret-file", containerSecretsDir+"/"+syncerSecretFile)
+	if tok := s.consul.Token; tok != "" {
+		files[syncerTokenFile] = []byte(tok)
+		args = append(args, "-consul-token-file", containerSecretsDir+"/"+syncerTokenFile)
+	}
+	if t := s.consul.TLS; t != nil {
+		for _, f := range []struct{ src, name, flag string }{
+			{t.CAFile, "bedrock-consul-ca.pem", "-consul-ca-file"},
+			{t.CertFile, "bedrock-consul-cert.pem", "-consul-cert-file"},
+			{t.KeyFile, "bedrock-consul-key.pem", "-consul-key-file"},
+		} {
+			if f.src == "" {
+				continue
+			}
+			b, err := os.ReadFile(f.src)
+			if err != nil {
+				return nil, plugin.NewRecoverableError(fmt.Errorf("consul.tls: %w", err))
+			}
+			files[f.name] = b
+			args = append(args, f.flag, containerSecretsDir+"/"+f.name)
+		}
+	}
+	if err := writeSecrets(filepath.Join(cfg.AllocDir, cfg.Name, "secrets"), files); err != nil {
+		return nil, plugin.NewRecoverableError(err)
 	}
 	if err := markGated(cfg.AllocDir); err != nil {
 		return nil, plugin.NewRecoverableError(err)
 	}
-	env := map[string]string{syncerSecretEnv: secret}
-	if tok := d.settings().consul.Token; tok != "" {
-		env[syncerConsulTokenEnv] = tok
+	// Nomad's task environment may carry the secret too (a template from
+	// a Nomad variable): the container does not get it.
+	env := make(map[string]string, len(cfg.Env))
+	for k, v := range cfg.Env {
+		if k != syncerSecretEnv && k != syncerConsulTokenEnv {
+			env[k] = v
+		}
 	}
+	cfg.Env = env
 	return &TaskConfig{
 		Image:       ref,
 		Args:        args,
 		NetworkMode: "host",
-		Env:         env,
 		Syncer:      sc,
 	}, nil
+}
+
+// The syncer's secret files, in its secrets dir.
+const (
+	syncerSecretFile = "bedrock-sync-secret"
+	syncerTokenFile  = "bedrock-consul-token"
+)
+
+// writeSecrets writes each file into dir, readable by its owner only,
+// replacing what a previous start left (through a rename, so a reader
+// never sees half a file).
+func writeSecrets(dir string, files map[string][]byte) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("secrets dir: %w", err)
+	}
+	for name, b := range files {
+		tmp, err := os.CreateTemp(dir, "."+name+".*")
+		if err != nil {
+			return fmt.Errorf("writing %s: %w", name, err)
+		}
+		_, werr := tmp.Write(b)
+		cerr := tmp.Close()
+		if err := errors.Join(werr, cerr, os.Chmod(tmp.Name(), 0o400)); err != nil {
+			_ = os.Remove(tmp.Name())
+			return fmt.Errorf("writing %s: %w", name, err)
+		}
+		if err := os.Rename(tmp.Name(), filepath.Join(dir, name)); err != nil {
+			_ = os.Remove(tmp.Name())
+			return fmt.Errorf("writing %s: %w", name, err)
+		}
+	}
+	return nil
 }
 
 func findPort(cfg *plugin.TaskConfig, label string) (plugin.PortMapping, bool) {
@@ -173,8 +247,8 @@ func findPort(cfg *plugin.TaskConfig, label string) (plugin.PortMapping, bool) {
 	return plugin.PortMapping{}, false
 }
 
-// syncerConsulTokenEnv carries the Consul token into the syncer container,
-// like the secret, out of the command line.
+// syncerConsulTokenEnv is never passed to the syncer container (the token
+// goes in a file); it is dropped from the task environment if set there.
 const syncerConsulTokenEnv = "BEDROCK_CONSUL_TOKEN"
 
 // syncerArgs builds the syncer's command line: the data and role socket as
@@ -189,6 +263,17 @@ func syncerArgs(s *settings, cfg *plugin.TaskConfig, sc *SyncerConfig, port plug
 	if service == "" {
 		service = cfg.JobID + "-" + cfg.Group
 	}
+	// The syncer registers with the plugin's Consul token, which may write
+	// any service: a job may only register names it owns, which by default
+	// means names starting with its own id (consul.service_prefix widens
+	// or narrows that; "*" allows any name).
+	prefix := s.consul.ServicePrefix
+	if prefix == "" {
+		prefix = cfg.JobID
+	}
+	if prefix != "*" && !strings.HasPrefix(service, prefix) {
+		return nil, plugin.NewFatalError(fmt.Errorf("syncer.service: %q is not allowed: this plugin only registers Consul services whose name starts with %q (the job's id unless the plugin's consul.service_prefix says otherwise)", service, prefix))
+	}
 	ns := cfg.Namespace
 	if ns == "" {
 		ns = "default"
@@ -199,7 +284,7 @@ func syncerArgs(s *settings, cfg *plugin.TaskConfig, sc *SyncerConfig, port plug
 		"-advertise", fmt.Sprintf("%s:%d", hostIP, port.Value),
 		"-id", cfg.AllocID,
 		"-node", cfg.NodeName,
-		"-consul", s.consul.Address, "-consul-token-env", syncerConsulTokenEnv,
+		"-consul", s.consul.Address,
 		"-namespace", ns, "-job", cfg.JobID, "-group", cfg.Group,
 		"-announce", "/alloc/tmp/" + announce.SocketName,
 		"-session-file", "/alloc/tmp/" + lease.SessionFileName,

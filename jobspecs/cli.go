@@ -6,10 +6,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 )
 
 // Exit statuses of the validate command, so CI can tell a policy violation
@@ -96,7 +98,11 @@ func RunValidate(ctx context.Context, args []string, stdout, stderr io.Writer) i
 			fmt.Fprintf(stderr, "validate: %v\n", err)
 			return ExitUnreadable
 		}
-		diags, err := validatePath(path, vars)
+		diags, err, ok := validateCancellable(ctx, path, vars)
+		if !ok {
+			fmt.Fprintf(stderr, "validate: %v\n", ctx.Err())
+			return ExitUnreadable
+		}
 		if err != nil {
 			unreadable = true
 		}
@@ -118,6 +124,27 @@ func RunValidate(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		return ExitErrors
 	default:
 		return ExitClean
+	}
+}
+
+// validateCancellable validates one file in a goroutine so that ctx
+// (Ctrl-C) ends the command at once, whatever the file does; ok is false
+// when ctx ended first (the goroutine is abandoned: the process exits).
+func validateCancellable(ctx context.Context, path string, vars map[string]string) (Diagnostics, error, bool) { //nolint:revive // the flag says whether the first two are meaningful
+	type result struct {
+		diags Diagnostics
+		err   error
+	}
+	done := make(chan result, 1)
+	go func() {
+		d, err := validatePath(path, vars)
+		done <- result{d, err}
+	}()
+	select {
+	case r := <-done:
+		return r.diags, r.err, true
+	case <-ctx.Done():
+		return nil, nil, false
 	}
 }
 
@@ -145,18 +172,77 @@ func expandPaths(args []string) ([]string, Diagnostics) {
 	return out, diags
 }
 
+// MaxJobspecSize bounds what validate reads: a jobspec is a few KiB; a
+// path that names something much larger (a disk image, /dev/zero) is a
+// mistake, not a file to read into memory.
+const MaxJobspecSize = 4 << 20
+
 // validatePath reads and validates one file. The error is non-nil (wrapping
 // ErrUnreadable) when the file could not be read or parsed.
 func validatePath(path string, vars map[string]string) (Diagnostics, error) {
-	src, err := os.ReadFile(path)
+	src, err := readJobspec(path)
 	if err != nil {
 		msg := "cannot read file"
 		var pe *os.PathError
-		if errors.As(err, &pe) {
+		switch {
+		case errors.Is(err, errNotRegular), errors.Is(err, errTooLarge):
+			msg += ": " + err.Error()
+		case errors.As(err, &pe):
 			msg += ": " + pe.Err.Error()
 		}
 		d := Diagnostic{File: path, Severity: SeverityError, Message: msg, Hint: "check the path and its permissions"}
+		if errors.Is(err, errNotRegular) || errors.Is(err, errTooLarge) {
+			d.Hint = "name a jobspec file (a regular file of at most 4 MiB)"
+		}
 		return Diagnostics{d}, fmt.Errorf("read %s: %w: %w", path, ErrUnreadable, err)
 	}
 	return Validate(path, src, ValidateOptions{Vars: vars})
+}
+
+var (
+	errNotRegular = errors.New("not a regular file")
+	errTooLarge   = fmt.Errorf("larger than %d MiB", MaxJobspecSize>>20)
+)
+
+// readJobspec reads a regular file of at most MaxJobspecSize bytes. It
+// opens without blocking (a FIFO would otherwise wait for a writer
+// forever) and checks what it opened, not what the name pointed to before.
+func readJobspec(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is a %s: %w", path, kindOf(fi.Mode()), errNotRegular)
+	}
+	if fi.Size() > MaxJobspecSize {
+		return nil, errTooLarge
+	}
+	src, err := io.ReadAll(io.LimitReader(f, MaxJobspecSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(src) > MaxJobspecSize {
+		return nil, errTooLarge
+	}
+	return src, nil
+}
+
+func kindOf(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "FIFO"
+	case m&fs.ModeDevice != 0:
+		return "device"
+	case m&fs.ModeSocket != 0:
+		return "socket"
+	}
+	return "special file"
 }

@@ -8,7 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // TestShippedJobspecsValidateClean keeps every jobspec shipped in this
@@ -188,5 +190,47 @@ func TestRunValidateUnreadableFile(t *testing.T) {
 	want := bad + ": error: cannot read file: not a directory; hint: check the path and its permissions\n"
 	if stdout.String() != want {
 		t.Errorf("stdout %q, want %q", stdout.String(), want)
+	}
+}
+
+// TestRunValidateRefusesHostileInput: validate refuses what it cannot
+// check with one clear error and exit status 2, promptly: a FIFO (it would
+// wait for a writer forever), a device (/dev/zero would be read until
+// memory runs out), a file over MaxJobspecSize, and brackets nested deeper
+// than MaxNesting (the parser's recursion would overflow the stack).
+func TestRunValidateRefusesHostileInput(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "job.fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	big := filepath.Join(dir, "big.nomad.hcl")
+	if err := os.WriteFile(big, bytes.Repeat([]byte("# padding\n"), MaxJobspecSize/10+1), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	deep := filepath.Join(dir, "deep.nomad.hcl")
+	if err := os.WriteFile(deep, []byte("x = "+strings.Repeat("[", 100000)+strings.Repeat("]", 100000)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]string{
+		fifo:        "not a regular file",
+		"/dev/zero": "not a regular file",
+		big:         "larger than 4 MiB",
+		deep:        "nest deeper than",
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var stdout, stderr bytes.Buffer
+		start := time.Now()
+		code := RunValidate(ctx, []string{path}, &stdout, &stderr)
+		cancel()
+		if code != ExitUnreadable {
+			t.Errorf("%s: exit %d, want %d (%s%s)", path, code, ExitUnreadable, stdout.String(), stderr.String())
+		}
+		if !strings.Contains(stdout.String(), want) || strings.Count(stdout.String(), "\n") != 1 {
+			t.Errorf("%s: want one error saying %q, got %q", path, want, stdout.String())
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("%s: took %s", path, d)
+		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -34,6 +35,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	master := fs.String("master", "", "master address; when set this instance is a clone")
 	term := fs.Uint64("term", 1, "fencing term of the static role")
 	secretEnv := fs.String("secret-env", DefaultSecretEnv, "environment variable holding the shared secret")
+	secretFile := fs.String("secret-file", "", "file holding the shared secret (instead of -secret-env)")
 	metrics := fs.String("metrics", "", "address for /metrics and /status (optional)")
 	id := fs.String("id", "", "instance name in logs and metrics (default: hostname)")
 	rescan := fs.Duration("rescan", 30*time.Second, "master's safety-net full rescan interval")
@@ -62,9 +64,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "syncer: a master needs -listen (or give -master to run as a clone)")
 		return 2
 	}
-	secret := os.Getenv(*secretEnv)
-	if len(secret) < 16 {
-		fmt.Fprintf(stderr, "syncer: environment variable %s must hold the shared secret (at least 16 bytes)\n", *secretEnv)
+	secret, err := readSecret(*secretEnv, *secretFile)
+	if err != nil {
+		fmt.Fprintf(stderr, "syncer: %v\n", err)
 		return 2
 	}
 	tlsCfg, err := loadTLS(*tlsCert, *tlsKey, *tlsCA, *tlsName)
@@ -103,6 +105,28 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// readSecret reads the shared secret from file when given (a file in the
+// task's secrets dir keeps it out of the container's environment, which
+// `docker inspect` shows), else from the environment variable env.
+func readSecret(env, file string) (string, error) {
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("reading the shared secret: %w", err)
+		}
+		secret := strings.TrimRight(string(b), "\r\n")
+		if len(secret) < 16 {
+			return "", fmt.Errorf("the shared secret in %s must be at least 16 bytes", file)
+		}
+		return secret, nil
+	}
+	secret := os.Getenv(env)
+	if len(secret) < 16 {
+		return "", fmt.Errorf("environment variable %s must hold the shared secret (at least 16 bytes), or give -secret-file", env)
+	}
+	return secret, nil
 }
 
 // loadTLS builds a mutual-TLS config from PEM files; all empty means none.

@@ -58,6 +58,15 @@ func mainConsul(ctx context.Context, args []string, stderr io.Writer) int {
 	var tags tagList
 	fs.Var(&tags, "tag", "a service tag only the master carries (repeatable)")
 	secretEnv := fs.String("secret-env", DefaultSecretEnv, "environment variable holding the shared secret")
+	secretFile := fs.String("secret-file", "", "file holding the shared secret (instead of -secret-env; what the driver passes)")
+	tokenFile := fs.String("consul-token-file", "", "file holding the Consul ACL token (instead of -consul-token-env; what the driver passes)")
+	consulCA := fs.String("consul-ca-file", "", "PEM CA bundle for a Consul agent served over TLS")
+	consulCert := fs.String("consul-cert-file", "", "PEM client certificate for Consul (with -consul-key-file)")
+	consulKey := fs.String("consul-key-file", "", "PEM client key for Consul")
+	syncTLSCert := fs.String("tls-cert", "", "PEM certificate for mutual TLS on the replication channel (with -tls-key and -tls-ca)")
+	syncTLSKey := fs.String("tls-key", "", "PEM private key for mutual TLS")
+	syncTLSCA := fs.String("tls-ca", "", "PEM CA bundle that peers' certificates must chain to")
+	syncTLSName := fs.String("tls-server-name", "bedrock-sync", "name the master's certificate must carry")
 	metrics := fs.String("metrics", "", "address for /metrics and /status (optional)")
 	ttl := fs.Duration("session-ttl", lease.DefaultTiming().TTL, "Consul session TTL (the servers' session_ttl_min must allow it)")
 	lockDelay := fs.Duration("lock-delay", lease.DefaultTiming().LockDelay, "Consul lock-delay: how long a lost lock stays blocked")
@@ -78,14 +87,36 @@ func mainConsul(ctx context.Context, args []string, stderr io.Writer) int {
 	if *service == "" {
 		*service = *job + "-" + *group
 	}
-	secret := os.Getenv(*secretEnv)
-	if len(secret) < 16 {
-		fmt.Fprintf(stderr, "syncer: environment variable %s must hold the shared secret (at least 16 bytes)\n", *secretEnv)
+	secret, err := readSecret(*secretEnv, *secretFile)
+	if err != nil {
+		fmt.Fprintf(stderr, "syncer: %v\n", err)
+		return 2
+	}
+	token := os.Getenv(*tokenEnv)
+	if *tokenFile != "" {
+		b, err := os.ReadFile(*tokenFile)
+		if err != nil {
+			fmt.Fprintf(stderr, "syncer: consul token: %v\n", err)
+			return 2
+		}
+		token = strings.TrimRight(string(b), "\r\n")
+	}
+	syncTLS, err := loadTLS(*syncTLSCert, *syncTLSKey, *syncTLSCA, *syncTLSName)
+	if err != nil {
+		fmt.Fprintf(stderr, "syncer: %v\n", err)
 		return 2
 	}
 	log := hclog.New(&hclog.LoggerOptions{Name: "syncer", Level: hclog.LevelFromString(*level), JSONFormat: true, Output: stderr})
 
-	client, err := api.NewClient(&api.Config{Address: *consulAddr, Token: os.Getenv(*tokenEnv)})
+	ccfg := &api.Config{Address: *consulAddr, Token: token}
+	if *consulCA != "" || *consulCert != "" || *consulKey != "" {
+		// A Consul agent served over TLS: https unless the address says.
+		if !strings.Contains(*consulAddr, "://") {
+			ccfg.Scheme = "https"
+		}
+		ccfg.TLSConfig = api.TLSConfig{CAFile: *consulCA, CertFile: *consulCert, KeyFile: *consulKey}
+	}
+	client, err := api.NewClient(ccfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "syncer: consul: %v\n", err)
 		return 2
@@ -127,7 +158,7 @@ func mainConsul(ctx context.Context, args []string, stderr io.Writer) int {
 	roles := &electedRoles{ch: make(chan Role, 1)}
 	s, err := New(Config{
 		DataDir: *data, ListenAddr: *listen, Secret: []byte(secret), ID: *id, Roles: roles,
-		MetricsAddr: *metrics, Logger: log,
+		MetricsAddr: *metrics, Logger: log, TLS: syncTLS,
 		OnProgress: func(p Progress) {
 			ann.Update(func(st *announce.State) {
 				if st.Role != announce.RoleClone {
@@ -176,9 +207,22 @@ func mainConsul(ctx context.Context, args []string, stderr io.Writer) int {
 		defer wg.Done()
 		reg.run(runCtx)
 	}()
+	// A syncer that fails in its role (a master that cannot serve clones)
+	// ends the election: the elector steps down gracefully (announces,
+	// waits out the deadline unless the app is proven stopped, releases),
+	// and the process exits 1 for Nomad to restart it as a clone.
+	elCtx, stepDown := context.WithCancel(ctx)
+	defer stepDown()
 	errc := make(chan error, 1)
-	go func() { errc <- s.Run(runCtx) }()
-	if err := el.Run(ctx); err != nil {
+	go func() {
+		err := s.Run(runCtx)
+		if err != nil && runCtx.Err() == nil {
+			log.Error("syncer failed; stepping down", "error", err)
+			stepDown()
+		}
+		errc <- err
+	}()
+	if err := el.Run(elCtx); err != nil {
 		log.Error("election failed", "error", err)
 		stop()
 		wg.Wait()

@@ -185,14 +185,18 @@ func TestForgedPeerRejected(t *testing.T) {
 				return
 			}
 			hello := wire.Hello{Version: wire.Version, Session: 1}
-			_ = wire.WriteFrame(conn, wire.Frame{Type: wire.THello, Term: 1, Payload: hello.Marshal()})
+			helloF := wire.Frame{Type: wire.THello, Term: 1, Payload: hello.Marshal()}
+			_ = wire.WriteFrame(conn, helloF)
 			r := bufio.NewReader(conn)
 			if f, _, err := wire.ReadFrame(r, wire.MaxAuthPayload, nil); err == nil {
 				var a wire.Auth
 				_ = a.Unmarshal(f.Payload)
-				ok := wire.AuthOK{MAC: replica.AuthMAC([]byte("not-the-secret-at-all"), true, hello.Nonce[:], a.Nonce[:], 1, f.Term, a.ClientID)}
+				keys, _ := replica.HandshakeKeys([]byte("not-the-secret-at-all"), helloF, hello, f, a)
+				ok := wire.AuthOK{MAC: keys.ServerMAC}
 				_ = wire.WriteFrame(conn, wire.Frame{Type: wire.TAuthOK, Term: 1, Payload: ok.Marshal()})
-				_ = wire.WriteFrame(conn, wire.Frame{Type: wire.TManifestEnd, Term: 1})
+				if seal, _, err := keys.Server(); err == nil {
+					_ = seal.WriteFrame(conn, wire.Frame{Type: wire.TManifestEnd, Term: 1})
+				}
 			}
 			time.Sleep(100 * time.Millisecond)
 			conn.Close()
@@ -223,7 +227,8 @@ func fakeMaster(t *testing.T, frames func(term uint64) []wire.Frame) string {
 			go func() {
 				defer conn.Close()
 				hello := wire.Hello{Version: wire.Version, Session: 7}
-				_ = wire.WriteFrame(conn, wire.Frame{Type: wire.THello, Term: 1, Payload: hello.Marshal()})
+				helloF := wire.Frame{Type: wire.THello, Term: 1, Payload: hello.Marshal()}
+				_ = wire.WriteFrame(conn, helloF)
 				r := bufio.NewReader(conn)
 				f, _, err := wire.ReadFrame(r, wire.MaxAuthPayload, nil)
 				if err != nil {
@@ -231,13 +236,21 @@ func fakeMaster(t *testing.T, frames func(term uint64) []wire.Frame) string {
 				}
 				var a wire.Auth
 				_ = a.Unmarshal(f.Payload)
-				ok := wire.AuthOK{MAC: replica.AuthMAC([]byte(testSecret), true, hello.Nonce[:], a.Nonce[:], 1, f.Term, a.ClientID)}
+				keys, err := replica.HandshakeKeys([]byte(testSecret), helloF, hello, f, a)
+				if err != nil {
+					return
+				}
+				ok := wire.AuthOK{MAC: keys.ServerMAC}
 				_ = wire.WriteFrame(conn, wire.Frame{Type: wire.TAuthOK, Term: 1, Payload: ok.Marshal()})
-				if _, _, err := wire.ReadFrame(r, wire.MaxPayload, nil); err != nil {
+				seal, open, err := keys.Server()
+				if err != nil {
+					return
+				}
+				if _, _, err := open.ReadFrame(r, wire.MaxPayload, nil); err != nil {
 					return
 				}
 				for _, fr := range frames(1) {
-					_ = wire.WriteFrame(conn, fr)
+					_ = seal.WriteFrame(conn, fr)
 				}
 				time.Sleep(500 * time.Millisecond)
 			}()
@@ -362,7 +375,7 @@ func TestCorruptFrameReRequested(t *testing.T) {
 	if !px.corrupted.Load() {
 		t.Fatal("proxy did not corrupt anything")
 	}
-	if !strings.Contains(c.logs.String(), "checksum") {
+	if !strings.Contains(c.logs.String(), "frame authentication failed") {
 		t.Fatalf("corruption not reported in the clone's logs")
 	}
 	// Live stream corruption: the clone resumes from its position.

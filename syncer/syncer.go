@@ -123,6 +123,7 @@ type Syncer struct {
 	err    string
 	master *replica.Master
 	clone  *replica.Clone
+	failed chan error // see fail
 }
 
 // New validates cfg and opens the data directory.
@@ -160,7 +161,7 @@ func New(cfg Config) (*Syncer, error) {
 		return nil, fmt.Errorf("syncer: %w", err)
 	}
 	reg := prometheus.NewRegistry()
-	return &Syncer{cfg: cfg, log: cfg.Logger, root: root, state: st, reg: reg, metrics: replica.NewMetrics(reg)}, nil
+	return &Syncer{cfg: cfg, log: cfg.Logger, root: root, state: st, reg: reg, metrics: replica.NewMetrics(reg), failed: make(chan error, 1)}, nil
 }
 
 // Registry exposes the syncer's metrics for embedding in another server.
@@ -219,6 +220,11 @@ func (s *Syncer) Status() Status {
 		st.Position = m.Position()
 		st.CaughtUp, st.Synced = true, true
 		st.Clones = m.Clones()
+		if err := m.ListenErr(); err != nil {
+			// Clones cannot connect: not healthy, whatever else holds.
+			st.Healthy = false
+			st.Error = "replication listener: " + err.Error()
+		}
 		select {
 		case <-m.Ready():
 			st.Serving = true
@@ -267,6 +273,8 @@ func (s *Syncer) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case err := <-s.failed:
+			return fmt.Errorf("syncer: %w", err)
 		case r, ok := <-roles:
 			if !ok {
 				roles = nil
@@ -281,6 +289,17 @@ func (s *Syncer) Run(ctx context.Context) error {
 			}()
 			stopRole = func() { rcancel(); <-done }
 		}
+	}
+}
+
+// fail reports an error the syncer cannot recover from in its role: a
+// master that cannot serve clones. Run returns it, so the process ends and
+// (in the elected mode) steps down first, rather than keep the lock and
+// replicate nothing.
+func (s *Syncer) fail(err error) {
+	select {
+	case s.failed <- err:
+	default:
 	}
 }
 
@@ -362,19 +381,28 @@ func (s *Syncer) runMaster(ctx context.Context, r Role) {
 		<-ctx.Done()
 		return
 	}
-	ln, err := net.Listen("tcp", s.cfg.ListenAddr)
+	listen := func() (net.Listener, error) {
+		ln, err := net.Listen("tcp", s.cfg.ListenAddr)
+		if err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", s.cfg.ListenAddr, err)
+		}
+		if s.cfg.TLS != nil {
+			ln = tls.NewListener(ln, s.cfg.TLS)
+		}
+		return ln, nil
+	}
+	ln, err := listen()
 	if err != nil {
-		err = fmt.Errorf("listen on %s: %w", s.cfg.ListenAddr, err)
+		// A master clones cannot reach replicates nothing: stop, so the
+		// lock goes to an instance that can serve.
 		s.log.Error("master cannot serve", "error", err)
 		s.setErr(err)
+		s.fail(err)
 		<-ctx.Done()
 		return
 	}
-	if s.cfg.TLS != nil {
-		ln = tls.NewListener(ln, s.cfg.TLS)
-	}
 	m := replica.NewMaster(replica.MasterConfig{
-		Dir: s.cfg.DataDir, Root: s.root, Term: r.Term, Listener: ln, Secret: s.cfg.Secret,
+		Dir: s.cfg.DataDir, Root: s.root, Term: r.Term, Listener: ln, Relisten: listen, Secret: s.cfg.Secret,
 		Logger: s.log.Named("master"), Metrics: s.metrics, Owners: os.Geteuid() == 0,
 		RescanInterval: s.cfg.RescanInterval,
 		OnFenced: func(term uint64) {
@@ -393,8 +421,9 @@ func (s *Syncer) runMaster(ctx context.Context, r Role) {
 	pos := m.Position()
 	_ = s.state.Update(func(st *replica.State) { st.Position = pos })
 	if err != nil && !errors.Is(err, replica.ErrFenced) {
-		s.log.Error("master stopped", "error", err)
+		s.log.Error("master stopped serving; stepping down", "error", err)
 		s.setErr(err)
+		s.fail(err)
 	}
 	// A fenced master stays idle until the role source says otherwise.
 	s.mu.Lock()

@@ -353,9 +353,11 @@ func (e *Elector) release(ctx context.Context, l lease.Lease, term uint64) error
 	}()
 	wctx, cancel := context.WithDeadline(ctx, l.Deadline().Add(time.Second))
 	defer cancel()
-	if err := e.cfg.Announcer.WaitAppStopped(wctx); err != nil && !errors.Is(err, announce.ErrNoGate) {
-		// Without confirmation the deadline still protects: Release only
-		// after it has passed.
+	if err := e.cfg.Announcer.WaitAppStopped(wctx); err != nil {
+		// Without confirmation (no gate connected: ErrNoGate, or none
+		// reported in time) the deadline still protects: Release only
+		// after it has passed. A gate that is not connected cannot stop
+		// the app, which runs until its deadline.
 		time.Sleep(time.Until(l.Deadline()))
 	} else {
 		e.drain(ctx)

@@ -3,7 +3,6 @@ package replica
 import (
 	"bufio"
 	"context"
-	"crypto/hmac"
 	"errors"
 	"fmt"
 	"net"
@@ -166,12 +165,24 @@ type session struct {
 	bulk bool
 	buf  []byte
 	fw   *tree.FileWriter
+	// seal and open are the two directions once the handshake is done
+	// (wire/secure.go): nil before, when only clear handshake frames pass.
+	seal *wire.Sealer
+	open *wire.Opener
 }
 
+// send writes one frame, sealed once the handshake is done (under wmu).
 func (s *session) send(t wire.Type, seq uint64, payload []byte) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	if err := wire.WriteFrame(s.w, wire.Frame{Type: t, Term: s.term, Seq: seq, Payload: payload}); err != nil {
+	f := wire.Frame{Type: t, Term: s.term, Seq: seq, Payload: payload}
+	var err error
+	if s.seal != nil {
+		err = s.seal.WriteFrame(s.w, f)
+	} else {
+		err = wire.WriteFrame(s.w, f)
+	}
+	if err != nil {
 		return err
 	}
 	return s.w.Flush()
@@ -181,7 +192,7 @@ func (s *session) send(t wire.Type, seq uint64, payload []byte) error {
 // from get (see wire.ReadDataFrame).
 func (s *session) readData(get func(int) []byte) (wire.Frame, wire.FileData, error) {
 	_ = s.conn.SetReadDeadline(time.Now().Add(bulkTimeout))
-	f, d, b, err := wire.ReadDataFrame(s.r, s.conn, wire.MaxPayload, s.buf, get)
+	f, d, b, err := s.open.ReadDataFrame(s.r, s.conn, wire.MaxPayload, s.buf, get)
 	s.buf = b
 	return f, d, err
 }
@@ -192,7 +203,16 @@ func (s *session) read(limit int) (wire.Frame, error) {
 		timeout = bulkTimeout // no heartbeats during an initial sync
 	}
 	_ = s.conn.SetReadDeadline(time.Now().Add(timeout))
-	f, b, err := wire.ReadFrame(s.r, limit, s.buf)
+	var (
+		f   wire.Frame
+		b   []byte
+		err error
+	)
+	if s.open != nil {
+		f, b, err = s.open.ReadFrame(s.r, limit, s.buf)
+	} else {
+		f, b, err = wire.ReadFrame(s.r, limit, s.buf)
+	}
 	s.buf = b
 	return f, err
 }
@@ -303,9 +323,14 @@ func (s *session) handshake() (wire.Hello, error) {
 	st := c.cfg.State.Get()
 	known := st.Term
 	auth := wire.Auth{Nonce: nonce(), ClientID: c.cfg.ID}
-	auth.MAC = mac(c.cfg.Secret, "bedrock-sync client", hello.Nonce[:], auth.Nonce[:], f.Term, known, c.cfg.ID)
+	authF := wire.Frame{Type: wire.TAuth, Term: known, Seq: st.Position.Seq}
+	keys, err := HandshakeKeys(c.cfg.Secret, f, hello, authF, auth)
+	if err != nil {
+		return hello, err
+	}
+	auth.MAC = keys.ClientMAC
 	s.term = known
-	if err := s.send(wire.TAuth, st.Position.Seq, auth.Marshal()); err != nil {
+	if err := s.send(wire.TAuth, authF.Seq, auth.Marshal()); err != nil {
 		return hello, err
 	}
 	g, err := s.read(wire.MaxAuthPayload)
@@ -319,9 +344,11 @@ func (s *session) handshake() (wire.Hello, error) {
 	if g.Type != wire.TAuthOK || ok.Unmarshal(g.Payload) != nil {
 		return hello, fmt.Errorf("%w: bad auth reply", ErrAuth)
 	}
-	want := mac(c.cfg.Secret, "bedrock-sync server", auth.Nonce[:], hello.Nonce[:], f.Term, known, c.cfg.ID)
-	if !hmac.Equal(want[:], ok.MAC[:]) {
+	if !wire.CheckMAC(keys.ServerMAC, ok.MAC) {
 		return hello, fmt.Errorf("%w: master at %s does not know the secret", ErrAuth, c.cfg.MasterAddr)
+	}
+	if s.seal, s.open, err = keys.Client(); err != nil {
+		return hello, err
 	}
 	if f.Term < known {
 		_ = s.send(wire.TError, 0, (&wire.ErrorMsg{Msg: fmt.Sprintf("stale term %d, seen %d", f.Term, known)}).Marshal())
@@ -407,7 +434,7 @@ func (s *session) initialSync(ctx context.Context, f wire.Frame) error {
 	go func() {
 		for _, rq := range p.requests {
 			s.wmu.Lock()
-			err := wire.WriteFrame(s.w, wire.Frame{Type: wire.TRequest, Term: s.term, Seq: snap, Payload: rq.Marshal()})
+			err := s.seal.WriteFrame(s.w, wire.Frame{Type: wire.TRequest, Term: s.term, Seq: snap, Payload: rq.Marshal()})
 			s.wmu.Unlock()
 			if err != nil {
 				sendErr <- err
@@ -782,9 +809,10 @@ const (
 )
 
 type bulkJob struct {
-	begin  wire.FileBegin
-	data   []chunk    // a small file, complete
-	chunks chan chunk // a streamed file, as it arrives
+	begin    wire.FileBegin
+	received int64      // data bytes received so far
+	data     []chunk    // a small file, complete
+	chunks   chan chunk // a streamed file, as it arrives
 }
 
 // chunk is the data of one frame and the pool buffer holding it.
@@ -915,6 +943,14 @@ func (s *session) receiveBulk() error {
 			if cur == nil {
 				return finish(errors.New("file data outside a file"))
 			}
+			// Never hold more than the file's declared size: a small
+			// file's data waits here for its FileEnd, so a master that
+			// sent more would make us buffer without bound.
+			n := int64(len(d.Data))
+			if d.Offset < 0 || d.Offset+n > cur.begin.Size || cur.received+n > cur.begin.Size {
+				return finish(fmt.Errorf("%w: data for %q beyond its declared size of %d bytes", wire.ErrMalformed, cur.begin.Path, cur.begin.Size))
+			}
+			cur.received += n
 			ch := chunk{FileData: d, buf: got}
 			if cur.chunks == nil {
 				cur.data = append(cur.data, ch)

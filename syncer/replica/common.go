@@ -5,8 +5,9 @@
 // sender's term, checked before its payload is looked at):
 //
 //	master -> clone  Hello{version, session, nonce}       (term, head)
-//	clone  -> master Auth{nonce, hmac, id}                 (known term, position)
-//	master -> clone  AuthOK{hmac}
+//	clone  -> master Auth{nonce, mac, id}                  (known term, position)
+//	master -> clone  AuthOK{mac}
+//	                 (every later frame sealed: see wire/secure.go and HandshakeKeys)
 //	clone  -> master Resume{session} | NeedManifest        (position)
 //	master -> clone  Resume (ok, stream follows) | ManifestChunk... ManifestEnd (snapshot seq S)
 //	clone  -> master Request... RequestsDone               (only the blocks it lacks)
@@ -29,9 +30,7 @@
 package replica
 
 import (
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -70,31 +69,6 @@ const (
 	dataChunk     = 256 * 1024 // bytes per FileData frame
 	manifestChunk = 1 << 20
 )
-
-// AuthMAC is the handshake proof: HMAC-SHA256 over both nonces, both terms
-// and the client's name, labelled by direction so a proof cannot be
-// reflected back. Exported for tools and tests that speak the protocol.
-func AuthMAC(secret []byte, server bool, serverNonce, clientNonce []byte, serverTerm, clientTerm uint64, id string) [wire.NonceSize]byte {
-	if server {
-		return mac(secret, "bedrock-sync server", clientNonce, serverNonce, serverTerm, clientTerm, id)
-	}
-	return mac(secret, "bedrock-sync client", serverNonce, clientNonce, serverTerm, clientTerm, id)
-}
-
-func mac(secret []byte, label string, a, b []byte, t1, t2 uint64, id string) [wire.NonceSize]byte {
-	h := hmac.New(sha256.New, secret)
-	h.Write([]byte(label))
-	h.Write(a)
-	h.Write(b)
-	var n [16]byte
-	binary.BigEndian.PutUint64(n[:8], t1)
-	binary.BigEndian.PutUint64(n[8:], t2)
-	h.Write(n[:])
-	h.Write([]byte(id))
-	var out [wire.NonceSize]byte
-	copy(out[:], h.Sum(nil))
-	return out
-}
 
 func nonce() (n [wire.NonceSize]byte) {
 	_, _ = rand.Read(n[:])

@@ -3,7 +3,6 @@ package replica
 import (
 	"bufio"
 	"context"
-	"crypto/hmac"
 	"errors"
 	"fmt"
 	"io"
@@ -39,6 +38,9 @@ type MasterConfig struct {
 	LogOps int
 	// OnFenced is called once when a peer shows a newer term.
 	OnFenced func(term uint64)
+	// Relisten, if set, opens the listener again when it closed under the
+	// master (not by the master itself); see relistenFor.
+	Relisten func() (net.Listener, error)
 }
 
 // Master serves the data directory to clones.
@@ -57,17 +59,24 @@ type Master struct {
 	renamedDirs [][2]string
 	// watched are directories with an inotify watch (watch goroutine only).
 	watched map[string]bool
+	// skipped are names already reported as unreplicable (watch goroutine).
+	skipped map[string]bool
 
-	mu       sync.Mutex
-	cache    map[string]*tree.Entry
-	ops      []*op // ops[i].seq == first+i
-	first    uint64
-	head     uint64
-	notify   chan struct{} // closed when ops grow
-	ready    chan struct{} // closed after the first scan
-	fenced   bool
-	clones   map[*cloneConn]struct{}
-	stopOnce sync.Once
+	mu     sync.Mutex
+	cache  map[string]*tree.Entry
+	ops    []*op // ops[i].seq == first+i
+	first  uint64
+	head   uint64
+	notify chan struct{} // closed when ops grow
+	ready  chan struct{} // closed after the first scan
+	fenced bool
+	clones map[*cloneConn]struct{}
+	ln     net.Listener // the current listener (Relisten replaces it)
+	// listenErr is why clones cannot connect right now; failed is why
+	// the master stopped serving for good (its watcher died).
+	listenErr, failed error
+	pre               preAuth
+	stopOnce          sync.Once
 }
 
 // NewMaster prepares a master; Run starts it.
@@ -185,33 +194,267 @@ func (m *Master) Run(ctx context.Context) error {
 	case <-m.ready:
 	}
 	m.log.Info("master serving", "term", m.cfg.Term, "addr", m.cfg.Listener.Addr().String())
+	m.setListener(m.cfg.Listener)
+	m.cfg.Metrics.ListenerUp.Set(1)
+	go func() {
+		// After the first scan the watcher must keep running: a master
+		// whose watcher died would serve a frozen tree, i.e. replicate
+		// nothing while it holds the lock. It stops serving instead.
+		select {
+		case <-ctx.Done():
+			return
+		case <-m.stop:
+			return
+		case err := <-errc:
+			if err == nil {
+				return // stopped by ctx or m.stop
+			}
+			m.mu.Lock()
+			m.failed = fmt.Errorf("watch %s: %w", m.cfg.Dir, err)
+			m.mu.Unlock()
+			m.stopOnce.Do(func() { close(m.stop) })
+		}
+	}()
 	go func() {
 		select {
 		case <-ctx.Done():
 		case <-m.stop:
 		}
-		m.cfg.Listener.Close()
+		m.closeListener()
 	}()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	delay := time.Duration(0)
 	for {
-		conn, err := m.cfg.Listener.Accept()
+		ln := m.listener()
+		conn, err := ln.Accept()
 		if err != nil {
-			cancel()
-			m.closeClones()
 			if m.Fenced() {
+				cancel()
+				m.closeClones()
 				return ErrFenced
 			}
+			if f := m.failure(); f != nil {
+				cancel()
+				m.closeClones()
+				return f
+			}
 			if ctx.Err() != nil {
+				cancel()
+				m.closeClones()
 				return nil
 			}
-			return fmt.Errorf("accept: %w", err)
+			m.cfg.Metrics.AcceptErrors.Inc()
+			m.setListenErr(err)
+			if errors.Is(err, net.ErrClosed) {
+				// The listener is gone, not by our doing: listen again
+				// (same address, same session, so clones resume), or
+				// stop serving, which the caller reports and acts on.
+				if err := m.relisten(ctx, ln); err != nil {
+					cancel()
+					m.closeClones()
+					return err
+				}
+				continue
+			}
+			// Anything else (out of file descriptors, say) passes: retry
+			// with a backoff, as net/http does, and say so meanwhile.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			m.log.Warn("accepting clones fails; retrying", "error", err, "in", delay.String())
+			select {
+			case <-ctx.Done():
+			case <-m.stop:
+			case <-time.After(delay):
+			}
+			continue
+		}
+		if delay > 0 || m.ListenErr() != nil {
+			m.log.Info("accepting clones again")
+			delay = 0
+			m.setListenErr(nil)
+		}
+		release, ok, evicted := m.pre.acquire(conn)
+		if evicted {
+			m.cfg.Metrics.PreAuthRefused.Inc()
+		}
+		if !ok {
+			// This address has too many handshakes under way: refuse
+			// at once rather than queue.
+			m.cfg.Metrics.PreAuthRefused.Inc()
+			conn.Close()
+			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			m.serve(ctx, conn)
+			m.serve(ctx, conn, release)
 		}()
+	}
+}
+
+// relisten replaces a listener that closed under us, retrying with a
+// backoff for up to relistenFor; it needs MasterConfig.Relisten.
+func (m *Master) relisten(ctx context.Context, old net.Listener) error {
+	if m.cfg.Relisten == nil {
+		return fmt.Errorf("accept on %s: %w", old.Addr(), net.ErrClosed)
+	}
+	_ = old.Close()
+	start := time.Now()
+	delay := 50 * time.Millisecond
+	for {
+		ln, err := m.cfg.Relisten()
+		if err == nil {
+			m.setListener(ln)
+			m.setListenErr(nil)
+			select {
+			case <-ctx.Done():
+				m.closeListener()
+			case <-m.stop:
+				m.closeListener()
+			default:
+			}
+			m.log.Warn("replication listener replaced", "addr", ln.Addr().String())
+			return nil
+		}
+		m.setListenErr(err)
+		if time.Since(start) > relistenFor {
+			return fmt.Errorf("listening again for clones: %w", err)
+		}
+		m.log.Warn("listening again for clones failed; retrying", "error", err, "in", delay.String())
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-m.stop:
+			return nil
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
+}
+
+// relistenFor bounds how long a master without a listener keeps trying:
+// past it, it stops serving and steps down rather than keep the lock and
+// replicate nothing.
+const relistenFor = 30 * time.Second
+
+func (m *Master) listener() net.Listener {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.ln
+}
+
+func (m *Master) setListener(ln net.Listener) {
+	m.mu.Lock()
+	m.ln = ln
+	m.mu.Unlock()
+}
+
+func (m *Master) closeListener() {
+	m.mu.Lock()
+	ln := m.ln
+	m.mu.Unlock()
+	if ln != nil {
+		_ = ln.Close()
+	}
+}
+
+func (m *Master) failure() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.failed
+}
+
+// setListenErr records (or clears) why clones cannot connect right now.
+func (m *Master) setListenErr(err error) {
+	m.mu.Lock()
+	m.listenErr = err
+	m.mu.Unlock()
+	if err != nil {
+		m.cfg.Metrics.ListenerUp.Set(0)
+	} else {
+		m.cfg.Metrics.ListenerUp.Set(1)
+	}
+}
+
+// ListenErr is why clones cannot connect right now (nil: they can), for
+// the syncer's status.
+func (m *Master) ListenErr() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.listenErr
+}
+
+// Pre-authentication bounds: what peers that have not proved the secret
+// may cost the master at once. Each such connection holds a goroutine, a
+// socket and a few KiB (its handshake frames) for at most preAuthTimeout.
+// One address gets maxPreAuthPerIP of them (more are refused), so a single
+// peer cannot fill the table; when many addresses do, the oldest pending
+// handshake is dropped for the newest, so a genuine clone, whose handshake
+// takes one round trip, still gets through.
+const (
+	maxPreAuth      = 64
+	maxPreAuthPerIP = 8
+	preAuthTimeout  = 5 * time.Second
+)
+
+// preAuth tracks unauthenticated connections, oldest first.
+type preAuth struct {
+	mu      sync.Mutex
+	byIP    map[string]int
+	pending []*pendingConn
+}
+
+type pendingConn struct {
+	conn net.Conn
+	ip   string
+	done bool
+}
+
+// acquire takes a slot for a new connection; release gives it back
+// (idempotent: serve calls it once authenticated and again at exit).
+// evicted says an older pending connection was closed to make room.
+func (p *preAuth) acquire(conn net.Conn) (release func(), ok, evicted bool) {
+	ip := conn.RemoteAddr().String()
+	if ta, isTCP := conn.RemoteAddr().(*net.TCPAddr); isTCP {
+		ip = ta.IP.String()
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.byIP == nil {
+		p.byIP = make(map[string]int)
+	}
+	if p.byIP[ip] >= maxPreAuthPerIP {
+		return nil, false, false
+	}
+	if len(p.pending) >= maxPreAuth {
+		old := p.pending[0]
+		p.removeLocked(old)
+		_ = old.conn.Close() // its serve goroutine ends on the closed conn
+		evicted = true
+	}
+	pc := &pendingConn{conn: conn, ip: ip}
+	p.pending = append(p.pending, pc)
+	p.byIP[ip]++
+	return func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.removeLocked(pc)
+	}, true, evicted
+}
+
+func (p *preAuth) removeLocked(pc *pendingConn) {
+	if pc.done {
+		return
+	}
+	pc.done = true
+	if p.byIP[pc.ip]--; p.byIP[pc.ip] <= 0 {
+		delete(p.byIP, pc.ip)
+	}
+	for i, q := range p.pending {
+		if q == pc {
+			p.pending = append(p.pending[:i], p.pending[i+1:]...)
+			break
+		}
 	}
 }
 
@@ -255,6 +498,10 @@ type cloneConn struct {
 	hdr    []byte
 	fbuf   []byte
 	hashes []uint64
+	// seal and open are the connection's two directions after the
+	// handshake (wire/secure.go); seal under wmu, open by the reader.
+	seal *wire.Sealer
+	open *wire.Opener
 	// this clone's series
 	bytesSent, filesSent prometheus.Counter
 }
@@ -293,12 +540,13 @@ func (m *Master) Clones() []CloneStatus {
 	return out
 }
 
-// send writes one frame (callers hold wmu).
+// send writes one sealed frame (callers hold wmu).
 func (c *cloneConn) send(t wire.Type, seq uint64, payload []byte) error {
-	if len(payload) > wire.MaxPayload {
-		return wire.WriteFrame(c.w, wire.Frame{Type: t, Term: c.m.cfg.Term, Seq: seq, Payload: payload})
+	b, err := c.seal.Append(c.fbuf[:0], wire.Frame{Type: t, Term: c.m.cfg.Term, Seq: seq, Payload: payload})
+	if err != nil {
+		return err
 	}
-	c.fbuf = wire.AppendFrame(c.fbuf[:0], wire.Frame{Type: t, Term: c.m.cfg.Term, Seq: seq, Payload: payload})
+	c.fbuf = b
 	if _, err := c.w.Write(c.fbuf); err != nil {
 		return fmt.Errorf("write %s frame: %w", t, err)
 	}
@@ -311,18 +559,22 @@ func (c *cloneConn) flush() error {
 
 // serve runs one clone connection: authenticate, then manifest or resume,
 // then the live stream. Nothing but the handshake is read from a peer that
-// has not proved it knows the secret.
-func (m *Master) serve(ctx context.Context, conn net.Conn) {
+// has not proved it knows the secret, and it costs next to nothing: the
+// handshake is read without a buffer (the clone sends nothing past its Auth
+// before our AuthOK), under preAuthTimeout, and the connection's buffers
+// (over half a MiB) are allocated only after the peer authenticated.
+// release gives back the connection's pre-authentication slot.
+func (m *Master) serve(ctx context.Context, conn net.Conn, release func()) {
 	defer conn.Close()
+	defer release()
 	log := m.log.With("peer", conn.RemoteAddr().String())
-	c := &cloneConn{m: m, conn: conn, w: bufio.NewWriterSize(conn, 256*1024), since: time.Now(), rbuf: make([]byte, dataChunk)}
-	r := bufio.NewReaderSize(conn, 64*1024)
-	_ = conn.SetDeadline(time.Now().Add(handshakeTimeout))
+	_ = conn.SetDeadline(time.Now().Add(preAuthTimeout))
 	hello := wire.Hello{Version: wire.Version, Session: m.session, Nonce: nonce()}
-	if err := c.send(wire.THello, m.Position().Seq, hello.Marshal()); err != nil || c.flush() != nil {
+	helloF := wire.Frame{Type: wire.THello, Term: m.cfg.Term, Seq: m.Position().Seq, Payload: hello.Marshal()}
+	if _, err := conn.Write(wire.AppendFrame(nil, helloF)); err != nil {
 		return
 	}
-	f, _, err := wire.ReadFrame(r, wire.MaxAuthPayload, nil)
+	f, _, err := wire.ReadFrame(conn, wire.MaxAuthPayload, nil)
 	if err != nil || f.Type != wire.TAuth {
 		log.Warn("rejecting peer: no valid auth frame", "error", err)
 		m.cfg.Metrics.AuthFailures.Inc()
@@ -334,21 +586,27 @@ func (m *Master) serve(ctx context.Context, conn net.Conn) {
 		m.cfg.Metrics.AuthFailures.Inc()
 		return
 	}
-	want := mac(m.cfg.Secret, "bedrock-sync client", hello.Nonce[:], auth.Nonce[:], m.cfg.Term, f.Term, auth.ClientID)
-	if !hmac.Equal(want[:], auth.MAC[:]) {
+	keys, err := HandshakeKeys(m.cfg.Secret, helloF, hello, f, auth)
+	if err != nil || !wire.CheckMAC(keys.ClientMAC, auth.MAC) {
 		log.Warn("rejecting peer: authentication failed", "client", auth.ClientID)
 		m.cfg.Metrics.AuthFailures.Inc()
-		_ = c.send(wire.TError, 0, (&wire.ErrorMsg{Msg: "authentication failed"}).Marshal())
-		_ = c.flush()
+		_, _ = conn.Write(wire.AppendFrame(nil, wire.Frame{Type: wire.TError, Payload: (&wire.ErrorMsg{Msg: "authentication failed"}).Marshal()}))
 		return
 	}
-	ok := wire.AuthOK{MAC: mac(m.cfg.Secret, "bedrock-sync server", auth.Nonce[:], hello.Nonce[:], m.cfg.Term, f.Term, auth.ClientID)}
-	if err := c.send(wire.TAuthOK, 0, ok.Marshal()); err != nil || c.flush() != nil {
+	ok := wire.AuthOK{MAC: keys.ServerMAC}
+	if _, err := conn.Write(wire.AppendFrame(nil, wire.Frame{Type: wire.TAuthOK, Payload: ok.Marshal()})); err != nil {
 		return
 	}
-	c.id = auth.ClientID
+	seal, open, err := keys.Server()
+	if err != nil {
+		log.Error("cannot set up the connection's cipher", "error", err)
+		return
+	}
+	release()
+	c := &cloneConn{m: m, conn: conn, since: time.Now(), rbuf: make([]byte, dataChunk), seal: seal, open: open, id: auth.ClientID}
 	log = log.With("clone", c.id)
-	c.w.Reset(countingWriter{conn, m.cfg.Metrics.WireSent.WithLabelValues(c.id)})
+	c.w = bufio.NewWriterSize(countingWriter{conn, m.cfg.Metrics.WireSent.WithLabelValues(c.id)}, 256*1024)
+	r := bufio.NewReaderSize(conn, 64*1024)
 	c.bytesSent = m.cfg.Metrics.BytesSent.WithLabelValues(c.id)
 	c.filesSent = m.cfg.Metrics.FilesSent.WithLabelValues(c.id)
 	if f.Term > m.cfg.Term {
@@ -373,7 +631,7 @@ func (m *Master) serve(ctx context.Context, conn net.Conn) {
 
 	// The first request decides between resume and manifest.
 	_ = conn.SetReadDeadline(time.Now().Add(handshakeTimeout))
-	f, _, err = wire.ReadFrame(r, wire.MaxPayload, nil)
+	f, _, err = c.open.ReadFrame(r, wire.MaxPayload, nil)
 	if err != nil {
 		log.Warn("clone dropped before its request", "error", err)
 		return
@@ -446,7 +704,7 @@ func (c *cloneConn) readLoop(ctx context.Context, r *bufio.Reader, reqs chan<- w
 		if !open {
 			limit = wire.MaxAuthPayload
 		}
-		f, b, err := wire.ReadFrame(r, limit, buf)
+		f, b, err := c.open.ReadFrame(r, limit, buf)
 		buf = b
 		if err != nil {
 			return err
@@ -692,7 +950,7 @@ func (c *cloneConn) sendFile(seq uint64, name string, ranges []wire.Range, known
 		fd := wire.FileData{Offset: off, Hashes: hashes, Data: data}
 		c.hdr = fd.AppendHeader(c.hdr[:0])
 		sent += int64(len(data))
-		return wire.WriteFrameParts(c.w, wire.TFileData, c.m.cfg.Term, seq, c.hdr, data)
+		return c.seal.WriteFrameParts(c.w, wire.TFileData, c.m.cfg.Term, seq, c.hdr, data)
 	})
 	if err != nil {
 		return err

@@ -25,6 +25,12 @@ type Metrics struct {
 	InitBytesTot  prometheus.Gauge
 	InitFiles     prometheus.Gauge
 	InitFilesTot  prometheus.Gauge
+	// AcceptErrors, PreAuthRefused and ListenerUp say whether clones can
+	// reach a master; Unreplicable counts names the master cannot send.
+	AcceptErrors   prometheus.Counter
+	PreAuthRefused prometheus.Counter
+	ListenerUp     prometheus.Gauge
+	Unreplicable   prometheus.Counter
 }
 
 // NewMetrics registers the series with reg (nil: unregistered, still usable).
@@ -51,11 +57,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		InitBytesTot:  prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "initial_sync_bytes_total", Help: "Initial sync size."}),
 		InitFiles:     prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "initial_sync_files_done", Help: "Initial sync progress."}),
 		InitFilesTot:  prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "initial_sync_files_total", Help: "Initial sync size."}),
+		AcceptErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "accept_errors_total",
+			Help: "Failures of the master's replication listener (each is retried with a backoff, or the listener is opened again)."}),
+		PreAuthRefused: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "preauth_refused_total",
+			Help: "Unauthenticated connections refused or dropped because too many were in the middle of a handshake."}),
+		ListenerUp: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "listener_up",
+			Help: "1 while a master accepts clones, 0 while its listener fails."}),
+		Unreplicable: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "unreplicable_entries_total",
+			Help: "Names in the data directory that cannot be replicated (e.g. longer than PATH_MAX); they are skipped and logged."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.BytesSent, m.FilesSent, m.WireSent, m.LagSeq, m.LagSeconds, m.Ops, m.Unreadable, m.Rescans,
 			m.Overflows, m.AuthFailures, m.BytesReceived, m.ApplyErrors, m.Term, m.Seq, m.CaughtUp, m.Healthy,
-			m.InitBytes, m.InitBytesTot, m.InitFiles, m.InitFilesTot)
+			m.InitBytes, m.InitBytesTot, m.InitFiles, m.InitFilesTot, m.AcceptErrors, m.PreAuthRefused, m.ListenerUp, m.Unreplicable)
 	}
 	return m
 }

@@ -209,7 +209,7 @@ func (m *Master) watchAndScan(ctx context.Context, p string) (map[string]*tree.E
 	for attempt := 0; attempt < 5; attempt++ {
 		m.addWatches(p)
 		var err error
-		sub, err = tree.Scan(ctx, m.cfg.Root, tree.ScanOptions{Under: p, OnError: m.unreadable, Prev: m.cacheSnapshotMap()})
+		sub, err = tree.Scan(ctx, m.cfg.Root, tree.ScanOptions{Under: p, OnError: m.unreadable, OnSkip: m.unreplicable, Prev: m.cacheSnapshotMap()})
 		if err != nil {
 			return nil, err
 		}
@@ -236,7 +236,7 @@ func dotIfEmpty(s string) string {
 
 func (m *Master) fullRescan(ctx context.Context) {
 	m.cfg.Metrics.Rescans.Inc()
-	now, err := tree.Scan(ctx, m.cfg.Root, tree.ScanOptions{Prev: m.cacheSnapshotMap(), OnError: m.unreadable})
+	now, err := tree.Scan(ctx, m.cfg.Root, tree.ScanOptions{Prev: m.cacheSnapshotMap(), OnError: m.unreadable, OnSkip: m.unreplicable})
 	if err != nil {
 		m.log.Warn("rescan failed", "error", err)
 		return
@@ -254,6 +254,24 @@ func (m *Master) unreadable(name string, err error) {
 	m.cfg.Metrics.Unreadable.Inc()
 	m.log.Warn("cannot read, clones keep their copy", "path", name, "error", err)
 }
+
+// unreplicable reports a name that cannot be replicated (see
+// tree.ValidName): counted every time it is met, logged once per name (a
+// rescan meets it again), and left out; everything else carries on.
+func (m *Master) unreplicable(name string, err error) {
+	m.cfg.Metrics.Unreplicable.Inc()
+	if m.skipped == nil {
+		m.skipped = make(map[string]bool)
+	}
+	if m.skipped[name] || len(m.skipped) >= maxSkippedLogged {
+		return
+	}
+	m.skipped[name] = true
+	m.log.Warn("cannot replicate this name; clones will not have it", "path", name, "error", err)
+}
+
+// maxSkippedLogged bounds the names remembered as already logged.
+const maxSkippedLogged = 1000
 
 type scope struct {
 	path      string
@@ -293,6 +311,10 @@ func (m *Master) processDirty(ctx context.Context, dirty map[string]struct{}) {
 	}
 	m.mu.Unlock()
 	for _, p := range paths {
+		if err := tree.ValidName(p); err != nil {
+			m.unreplicable(p, err)
+			continue
+		}
 		old := cached[p]
 		e, err := tree.Lstat(m.cfg.Root, p)
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {

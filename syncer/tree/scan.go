@@ -105,6 +105,10 @@ type ScanOptions struct {
 	OnError func(name string, err error)
 	// Under limits the scan to one subtree ("" for everything).
 	Under string
+	// OnSkip is told about names that cannot be replicated (ValidName
+	// refuses them, e.g. longer than MaxNameLen); they are left out of the
+	// result, and so is what is below them.
+	OnSkip func(name string, err error)
 }
 
 // Scan walks the tree below root without following symlinks and returns
@@ -139,7 +143,13 @@ func Scan(ctx context.Context, root *os.Root, opt ScanOptions) (map[string]*Entr
 		sort.Slice(ents, func(i, j int) bool { return ents[i].Name() < ents[j].Name() })
 		for _, de := range ents {
 			name := Join(dir, de.Name())
-			if Excluded(name) || ValidName(name) != nil {
+			if Excluded(name) {
+				continue
+			}
+			if err := ValidName(name); err != nil {
+				if opt.OnSkip != nil {
+					opt.OnSkip(name, err)
+				}
 				continue
 			}
 			fi, err := de.Info()

@@ -22,7 +22,6 @@ import (
 	"fmt"
 	"io/fs"
 	"strings"
-	"unicode/utf8"
 )
 
 // BlockSize is the unit of change detection and transfer.
@@ -35,29 +34,40 @@ const (
 	TmpDir    = StateDir + "/tmp"
 )
 
-// MaxNameLen bounds a wire name (Linux PATH_MAX).
+// MaxNameLen bounds a wire name (Linux PATH_MAX). A deeper name exists
+// only below directories reached by relative paths; it is not replicated
+// (the master reports it, see ScanOptions.OnSkip).
 const MaxNameLen = 4096
 
 // ErrBadName reports a name that could escape the tree or is not canonical.
 var ErrBadName = errors.New("invalid path name")
 
-// ValidName accepts only canonical relative slash-separated names inside the
-// tree: no absolute paths, no "." or ".." components, no empty components, no
-// NUL. The root itself is never named on the wire.
+// ValidName accepts the names Linux allows inside the tree, and only
+// those: canonical relative slash-separated names, any bytes in a
+// component but "/" and NUL (backslashes, newlines and invalid UTF-8
+// included: an app may write them, and a name the clone refused would stop
+// replication for the whole group), no "." or ".." components, no empty
+// components, no absolute paths. The root itself is never named on the
+// wire. Names are confined further on the receiving side by os.Root,
+// which refuses to resolve anything outside the directory, symlinks
+// included.
 func ValidName(name string) error {
 	if name == "" || len(name) > MaxNameLen {
 		return fmt.Errorf("%w: %q", ErrBadName, name)
 	}
-	if name[0] == '/' || strings.ContainsRune(name, 0) || strings.Contains(name, "\\") || !utf8.ValidString(name) {
+	if name[0] == '/' || strings.IndexByte(name, 0) >= 0 {
 		return fmt.Errorf("%w: %q", ErrBadName, name)
 	}
-	for _, c := range strings.Split(name, "/") {
-		if c == "" || c == "." || c == ".." {
+	for c := range strings.SplitSeq(name, "/") {
+		if c == "" || c == "." || c == ".." || len(c) > MaxComponentLen {
 			return fmt.Errorf("%w: %q", ErrBadName, name)
 		}
 	}
 	return nil
 }
+
+// MaxComponentLen is Linux's NAME_MAX.
+const MaxComponentLen = 255
 
 // Excluded reports whether a (valid) name is outside replication.
 func Excluded(name string) bool {

@@ -17,12 +17,13 @@ import (
 )
 
 func TestValidName(t *testing.T) {
-	for _, ok := range []string{"a", "a/b", "a b/c.d", ".hidden", "x..y"} {
+	// Whatever Linux allows in a name is replicated.
+	for _, ok := range []string{"a", "a/b", "a b/c.d", ".hidden", "x..y", "a\\b", "caf\xe9", "new\nline", "..."} {
 		if err := ValidName(ok); err != nil {
 			t.Errorf("%q rejected: %v", ok, err)
 		}
 	}
-	for _, bad := range []string{"", "/etc/passwd", "..", "../x", "a/../../x", "a/./b", "a//b", "a/", ".", "a\x00b", "a\\b"} {
+	for _, bad := range []string{"", "/etc/passwd", "..", "../x", "a/../../x", "a/./b", "a//b", "a/", ".", "a\x00b", strings.Repeat("x", 256), strings.Repeat("d/", 2049) + "x"} {
 		if err := ValidName(bad); !errors.Is(err, ErrBadName) {
 			t.Errorf("%q accepted", bad)
 		}

@@ -1,7 +1,7 @@
 package wire
 
 // Version is the protocol version sent in Hello; peers must match exactly.
-const Version = 1
+const Version = 2 // 2: frames after the handshake are sealed (secure.go)
 
 // NonceSize is the size of authentication nonces and MACs (HMAC-SHA256).
 const NonceSize = 32

@@ -76,6 +76,7 @@ type series struct {
 	split   int
 	lost    int
 	unacct  int
+	window  []int // per run: the old master's writes of the last AckWindow lost (the replication window)
 	failed  []string
 }
 
@@ -86,6 +87,7 @@ func (s *series) add(r *cluster.Result) {
 	s.split += len(r.SplitBrain)
 	s.lost += r.LostWrites
 	s.unacct += r.NotSetAside
+	s.window = append(s.window, r.LostInWindow)
 }
 
 func bench(ctx context.Context, t testing.TB, faults []cluster.Fault, reps, yreps int, underNomad bool) error {
@@ -141,6 +143,8 @@ func bench(ctx context.Context, t testing.TB, faults []cluster.Fault, reps, yrep
 	_ = tw.Flush()
 	fmt.Printf("invariants: bedrock split-brain %d, lost writes %d, unaccounted divergent writes %d; yard-stick split-brain %d, lost %d, unaccounted %d\n",
 		ours.split, ours.lost, ours.unacct, yard.split, yard.lost, yard.unacct)
+	fmt.Printf("replication window: writes of the last %s before a fault lost per run, bedrock median %d max %d (%d runs)\n",
+		cluster.AckWindow, medianInt(ours.window), maxInt(ours.window), len(ours.window))
 	for _, f := range append(ours.failed, yard.failed...) {
 		fmt.Println("failed run:", f)
 	}
@@ -173,6 +177,23 @@ func runAll(ctx context.Context, c *cluster.Cluster, name string, faults []clust
 		}
 	}
 	return nil
+}
+
+func medianInt(v []int) int {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func maxInt(v []int) int {
+	m := 0
+	for _, x := range v {
+		m = max(m, x)
+	}
+	return m
 }
 
 // nomadVersion is the first line of `nomad version`.

@@ -183,9 +183,9 @@ func (s *Syncer) Position() Position {
 	return s.state.Get().Position
 }
 
-// Drain, on a master, cuts the app's last changes into ops and waits (bounded by ctx) until
-// every live clone acknowledged them; see replica.Master.Drain. Anything else has nothing to
-// drain.
+// Drain hands a master's last changes to its clones before a hand-over: it cuts them into ops
+// and waits (bounded by ctx) until every live clone acknowledged them; see
+// replica.Master.Drain. Anything but a master has nothing to drain.
 func (s *Syncer) Drain(ctx context.Context) error {
 	s.mu.Lock()
 	m := s.master

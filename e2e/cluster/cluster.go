@@ -264,8 +264,14 @@ func (c *Cluster) stop() {
 }
 
 func (n *Node) pluginHCL() string {
-	return fmt.Sprintf("gc {\n  image = false\n}\nconsul {\n  address = %q\n  release_dead_syncer = %t\n}\n",
-		n.C.Consul.Clients[n.Index].HTTPAddr, !n.C.Opts.PlainConsulLock)
+	gc := "gc {\n  image = false\n}\n"
+	if n.C.Opts.Nomad {
+		// Several clients share one Docker engine: every plugin's dangling-container reaper runs
+		// every 2 s, so one that touched another node's containers would break the scenarios.
+		gc = "gc {\n  image = false\n  dangling_containers {\n    period = \"2s\"\n    creation_grace = \"2s\"\n  }\n}\n"
+	}
+	return fmt.Sprintf("%sconsul {\n  address = %q\n  release_dead_syncer = %t\n}\n",
+		gc, n.C.Consul.Clients[n.Index].HTTPAddr, !n.C.Opts.PlainConsulLock)
 }
 
 func (n *Node) startAgent(ctx context.Context) error {

@@ -110,7 +110,7 @@ func (c *Cluster) startNomad(ctx context.Context) error {
 		c.Nodes = append(c.Nodes, n)
 		clients = append(clients, nomad.ClientOptions{ConsulAddr: n.ConsulAddr(), PluginConfig: n.pluginHCL()})
 	}
-	b.agent = nomad.Start(c.T, nomad.Options{Plugin: c.plugin, Clients: clients, Logf: c.Opts.Logf})
+	b.agent = nomad.Start(c.T, nomad.Options{Plugin: c.plugin, Clients: clients, Logf: c.Opts.Logf}) //nolint:contextcheck // bounded by the helper's own start timeout, like consul.Start
 	// The placement policy reads the live job from the server: every plugin gets its address.
 	c.NomadAddr = b.agent.Address()
 	return b.submit(ctx)

@@ -40,18 +40,18 @@ var Faults = []Fault{Graceful, KillApp, KillSyncer, FreezeSyncer, NodeLoss, Part
 
 // Result is one scenario's outcome.
 type Result struct {
-	Fault              Fault
-	OldMaster, New     *Alloc
-	OldTerm, NewTerm   uint64
-	Failover           time.Duration // fault → the new master's first write
-	SplitBrain         []string      // overlapping masters, from the writes and from Consul
-	LostWrites         int           // lines a clone held at the fault that the new master lacks
-	NotSetAside        int           // old master's writes from before the window neither on the new master nor in its lost+found
+	Fault            Fault
+	OldMaster, New   *Alloc
+	OldTerm, NewTerm uint64
+	Failover         time.Duration // fault → the new master's first write
+	SplitBrain       []string      // overlapping masters, from the writes and from Consul
+	LostWrites       int           // lines a clone held at the fault that the new master lacks
+	NotSetAside      int           // old master's writes from before the window neither on the new master nor in its lost+found
 	// LostInWindow counts the old master's writes of the last AckWindow before the fault that
 	// are neither on the new master nor set aside: the asynchronous replication's window,
 	// measured (an instance replaced on another node takes its unreplicated tail with it).
-	LostInWindow int
-	SetAside           int           // old master's writes found in lost+found
+	LostInWindow       int
+	SetAside           int // old master's writes found in lost+found
 	ClonesHeldAtFault  int
 	OldMasterWroteLast time.Time
 }

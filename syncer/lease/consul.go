@@ -111,20 +111,20 @@ func NewConsul(ctx context.Context, cfg ConsulConfig) (*Consul, error) {
 	}
 	sent := time.Now()
 	id, err := c.createSession(ctx)
-	if min, ok := refusedTTLMin(err); ok && min > c.timing.TTL {
+	if floor, ok := refusedTTLMin(err); ok && floor > c.timing.TTL {
 		// A stock Consul refuses TTLs under 10s. The TTL is not what keeps one master at a
 		// time (Validity derives from the lock-delay, see Timing) nor what makes a failover
 		// fast (the driver releases a dead syncer's lock, serfHealth ends a lost node's
 		// session): it only bounds a master that is cut off but alive. So take the smallest
 		// TTL the servers allow rather than refuse to run.
 		asked := c.timing.TTL
-		c.timing.TTL = min
+		c.timing.TTL = floor
 		if verr := c.timing.Validate(); verr != nil {
-			return nil, fmt.Errorf("lease: the servers' smallest session TTL %s does not fit the timing: %w", min, verr)
+			return nil, fmt.Errorf("lease: the servers' smallest session TTL %s does not fit the timing: %w", floor, verr)
 		}
-		log.Warn("the Consul servers refuse the session TTL; using the smallest they allow", "asked", asked, "used", min)
+		log.Warn("the Consul servers refuse the session TTL; using the smallest they allow", "asked", asked, "used", floor)
 		if cfg.OnTTLRaised != nil {
-			cfg.OnTTLRaised(asked, min)
+			cfg.OnTTLRaised(asked, floor)
 		}
 		sent = time.Now()
 		id, err = c.createSession(ctx)

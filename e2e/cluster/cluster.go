@@ -60,6 +60,8 @@ type Options struct {
 	// per node, the job submitted through Nomad's API. Nodes then counts Nomad clients (default
 	// 4: a spare for replacements) and Count the group's instances (default 3).
 	Nomad bool
+	// App is the workload: AppWriter (default) or AppSQLite.
+	App string
 	// StockConsul runs the Consul server with no extra configuration (its session_ttl_min
 	// stays 10s) instead of session_ttl_min = "1s".
 	StockConsul bool
@@ -158,8 +160,14 @@ func Start(ctx context.Context, t testing.TB, opts Options) *Cluster {
 	if opts.Group == "" {
 		opts.Group = "db"
 	}
+	if opts.App == "" {
+		opts.App = AppWriter
+	}
 	if opts.WriteEvery == 0 {
 		opts.WriteEvery = 20 * time.Millisecond
+		if opts.App == AppSQLite {
+			opts.WriteEvery = 5 * time.Millisecond
+		}
 	}
 	if opts.RestartDelay == 0 {
 		opts.RestartDelay = time.Second
@@ -494,8 +502,8 @@ func (a *Alloc) startApp(ctx context.Context) error {
 		cfg = fmt.Sprintf(`image = %q
 network_mode = "host"
 data = "/data"
-args = ["/testapp", "writer", "-consul", %q, "-key", %q, "-id", %q, "-every", %q, "-addr", "%s:%d"]
-`, c.image, a.Node.ConsulAddr(), c.LeaderKey, a.ID[:8], c.Opts.WriteEvery.String(), http.HostIP, http.Value)
+args = ["/testapp", %q, "-consul", %q, "-key", %q, "-id", %q, "-every", %q%s]
+`, c.image, c.Opts.App, a.Node.ConsulAddr(), c.LeaderKey, a.ID[:8], c.Opts.WriteEvery.String(), c.appExtraArgs(fmt.Sprintf("%s:%d", http.HostIP, http.Value)))
 	}
 	t, err := a.Node.Agent.PrepareTask(a.Node.root, a.spec("app", cfg))
 	if err != nil {

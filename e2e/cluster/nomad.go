@@ -89,7 +89,7 @@ const writerJob = `job %[1]q {
         image        = %[6]q
         network_mode = "host"
         data         = "/data"
-        args         = ["/testapp", "writer", "-consul", "${meta.consul_http}", "-key", %[7]q, "-id", "${NOMAD_SHORT_ALLOC_ID}", "-every", %[8]q, "-addr", "${NOMAD_ADDR_http}"]
+        args         = ["/testapp", %[9]q, "-consul", "${meta.consul_http}", "-key", %[7]q, "-id", "${NOMAD_SHORT_ALLOC_ID}", "-every", %[8]q%[10]s]
       }
       resources {
         cpu    = 100
@@ -130,7 +130,8 @@ func (b *nomadBackend) submit(ctx context.Context) error {
 		if c.Opts.LockDelay != "" {
 			extra += fmt.Sprintf("\n          lock_delay = %q", c.Opts.LockDelay)
 		}
-		src = fmt.Sprintf(writerJob, c.Opts.Job, c.Opts.Group, c.Opts.Count, c.secret, extra, c.image, c.LeaderKey, c.Opts.WriteEvery.String())
+		src = fmt.Sprintf(writerJob, c.Opts.Job, c.Opts.Group, c.Opts.Count, c.secret, extra, c.image, c.LeaderKey, c.Opts.WriteEvery.String(),
+			c.Opts.App, c.appExtraArgs("${NOMAD_ADDR_http}"))
 	}
 	path := "nomad/jobs/" + c.Opts.Job
 	v := &nomadapi.Variable{Path: path, Items: nomadapi.VariableItems{"sync_secret": c.secret}}

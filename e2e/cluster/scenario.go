@@ -50,7 +50,11 @@ type Result struct {
 	// LostInWindow counts the old master's writes of the last AckWindow before the fault that
 	// are neither on the new master nor set aside: the asynchronous replication's window,
 	// measured (an instance replaced on another node takes its unreplicated tail with it).
-	LostInWindow       int
+	LostInWindow int
+	// Integrity and Gaps are, with the SQLite workload, PRAGMA integrity_check's verdict on the
+	// new master's database and how many ids are missing below its highest one.
+	Integrity          string
+	Gaps               int
 	SetAside           int // old master's writes found in lost+found
 	ClonesHeldAtFault  int
 	OldMasterWroteLast time.Time
@@ -58,13 +62,13 @@ type Result struct {
 
 // OK tells whether the invariants held.
 func (r *Result) OK() bool {
-	return len(r.SplitBrain) == 0 && r.LostWrites == 0 && r.NotSetAside == 0
+	return len(r.SplitBrain) == 0 && r.LostWrites == 0 && r.NotSetAside == 0 && (r.Integrity == "" || r.Integrity == "ok") && r.Gaps == 0
 }
 
 func (r *Result) String() string {
 	return fmt.Sprintf("%s: %s (term %d) → %s (term %d) in %s; split-brain %d, lost %d, set aside %d, lost in the last %s %d, unaccounted %d",
 		r.Fault, shortAlloc(r.OldMaster), r.OldTerm, shortAlloc(r.New), r.NewTerm, r.Failover.Round(time.Millisecond),
-		len(r.SplitBrain), r.LostWrites, r.SetAside, AckWindow, r.LostInWindow, r.NotSetAside)
+		len(r.SplitBrain), r.LostWrites, r.SetAside, AckWindow, r.LostInWindow, r.NotSetAside) + r.sqliteString()
 }
 
 // Run injects fault into the current master, waits for the new master to serve, restores
@@ -82,9 +86,9 @@ func (c *Cluster) Run(ctx context.Context, fault Fault) (*Result, error) {
 		if a == nil || a == old.Alloc {
 			continue
 		}
-		ws, _ := ReadWrites(a.DataFile("writes.log"))
+		ws, _ := c.dataWrites(a)
 		for _, w := range ws {
-			held[w.Line] = true
+			held[w.Key()] = true
 		}
 	}
 	r.ClonesHeldAtFault = len(held)
@@ -118,12 +122,12 @@ func (c *Cluster) stableMaster(ctx context.Context) (*Serving, error) {
 	for time.Now().Before(deadline) {
 		m, term, err := c.Master(ctx)
 		if err == nil && m != nil && m == m.Node.Current() {
-			ws, _ := ReadWrites(m.DataFile("writes.log"))
+			ws, _ := c.dataWrites(m)
 			if len(ws) > 0 && ws[len(ws)-1].Term == term {
-				last := ws[len(ws)-1].Line
+				last := ws[len(ws)-1].Key()
 				synced := true
 				for _, n := range c.Nodes {
-					if a := n.Current(); a != nil && a != m && !setOf(mustRead(a.DataFile("writes.log")))[last] {
+					if a := n.Current(); a != nil && a != m && !setOf(must(c.dataWrites(a)))[last] {
 						synced = false
 					}
 				}
@@ -217,7 +221,9 @@ func (c *Cluster) Restore(ctx context.Context, a *Alloc, fault Fault) (*Alloc, e
 	case KillSyncer:
 		return a, nil // restarted in place by superviseSyncer
 	case FreezeSyncer:
-		return a, c.signal(ctx, a, "syncer", "SIGCONT")
+		// the watchdog has usually killed it, and the supervisor destroyed and restarted it
+		_ = c.signal(ctx, a, "syncer", "SIGCONT")
+		return a, nil
 	case Partition:
 		c.Consul.Heal(n.Index) //nolint:contextcheck // bounded by the helper's start timeout
 		return a, nil
@@ -249,10 +255,10 @@ func (c *Cluster) waitSynced(ctx context.Context, a, master *Alloc, timeout time
 	deadline := time.Now().Add(timeout)
 	start := time.Now()
 	for time.Now().Before(deadline) {
-		mws := mustRead(master.DataFile("writes.log"))
+		mws := must(c.dataWrites(master))
 		if len(mws) > 0 && mws[len(mws)-1].At.After(start) {
-			last := mws[len(mws)-1].Line
-			if setOf(mustRead(a.DataFile("writes.log")))[last] {
+			last := mws[len(mws)-1].Key()
+			if setOf(must(c.dataWrites(a)))[last] {
 				return nil
 			}
 		}
@@ -312,15 +318,24 @@ func (c *Cluster) check(r *Result, held lineSet, back *Alloc) {
 	}
 	r.SplitBrain = append(r.SplitBrain, c.history.Overlaps()...)
 
+	if c.Opts.App == AppSQLite {
+		st, err := ReadSQLite(r.New.DataFile(""))
+		switch {
+		case err != nil:
+			r.Integrity = err.Error()
+		case st != nil:
+			r.Integrity, r.Gaps = st.Integrity, len(st.Gaps)
+		}
+	}
 	// Nothing a clone held is lost.
-	onNew := setOf(mustRead(r.New.DataFile("writes.log")))
+	onNew := setOf(must(c.dataWrites(r.New)))
 	for l := range held {
 		if !onNew[l] {
 			r.LostWrites++
 		}
 	}
 	// The old master's writes are on the new master or set aside in its lost+found.
-	aside := lostFoundWrites(back.DataFile(""))
+	aside := c.lostFound(back)
 	if back != r.OldMaster {
 		aside = lineSet{} // a replacement starts empty: everything must have been replicated
 	}
@@ -332,8 +347,8 @@ func (c *Cluster) check(r *Result, held lineSet, back *Alloc) {
 			r.OldMasterWroteLast = w.At
 		}
 		switch {
-		case onNew[w.Line]:
-		case aside[w.Line]:
+		case onNew[w.Key()]:
+		case aside[w.Key()]:
 			r.SetAside++
 		case !w.At.Before(c.faultAt.Add(-AckWindow)):
 			r.LostInWindow++
@@ -371,4 +386,11 @@ func (c *Cluster) restoreNomad(ctx context.Context, a *Alloc, fault Fault) (*All
 		return nil, fmt.Errorf("unknown fault %q", fault)
 	}
 	return c.nomad.waitReplaced(ctx, a, c.faultAt, 3*time.Minute)
+}
+
+func (r *Result) sqliteString() string {
+	if r.Integrity == "" {
+		return ""
+	}
+	return fmt.Sprintf("; integrity_check %s, id gaps %d", r.Integrity, r.Gaps)
 }

@@ -21,6 +21,10 @@ type Write struct {
 	Line string
 }
 
+// Key identifies a write across the places it is found (the witness, the data, lost+found):
+// instance, term and sequence.
+func (w Write) Key() string { return fmt.Sprintf("%s/%d/%d", w.ID, w.Term, w.Seq) }
+
 // ParseWrite parses one writer line.
 func ParseWrite(line string) (Write, error) {
 	w := Write{Line: line}
@@ -81,13 +85,13 @@ func ReadWrites(path string) ([]Write, error) {
 	return out, nil
 }
 
-// lineSet is a set of writer lines.
+// lineSet is a set of writes, by Key.
 type lineSet map[string]bool
 
 func setOf(ws []Write) lineSet {
 	s := lineSet{}
 	for _, w := range ws {
-		s[w.Line] = true
+		s[w.Key()] = true
 	}
 	return s
 }
@@ -101,7 +105,7 @@ func lostFoundWrites(dataDir string) lineSet {
 		}
 		ws, _ := ReadWrites(p)
 		for _, w := range ws {
-			s[w.Line] = true
+			s[w.Key()] = true
 		}
 		return nil
 	})

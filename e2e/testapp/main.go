@@ -39,6 +39,8 @@ func main() {
 		code = sleep(args)
 	case "writer":
 		code = writer(args)
+	case "sqlite":
+		code = sqliteWriter(args)
 	case "env":
 		code = printEnv()
 	case "exit":

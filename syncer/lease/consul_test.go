@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -510,7 +509,9 @@ func (e *env) renewals(t *testing.T) {
 }
 
 // A Consul with its default session_ttl_min (10s) refuses the 3s TTL: the error says what to do.
-func TestConsulRefusesShortTTL(t *testing.T) {
+// TestConsulRaisesARefusedTTL: on a Consul whose servers refuse the 3s TTL, the lease runs with
+// the smallest TTL they allow and says so.
+func TestConsulRaisesARefusedTTL(t *testing.T) {
 	t.Parallel()
 	if testing.Short() {
 		t.Skip("needs a Consul agent")
@@ -522,13 +523,38 @@ func TestConsulRefusesShortTTL(t *testing.T) {
 		t.Skipf("no consul binary: %v", err)
 	}
 	c := consul.Start(t, consul.WithSessionTTLMin(10*time.Second))
-	_, err := NewConsul(ctxT(t, 10*time.Second), ConsulConfig{
+	var asked, used time.Duration
+	l, err := NewConsul(ctxT(t, 10*time.Second), ConsulConfig{
 		Client: c.Client(), Namespace: "default", Job: "job", Group: "g", ID: "a",
+		OnTTLRaised: func(a, u time.Duration) { asked, used = a, u },
 	})
-	if !errors.Is(err, ErrTTLRefused) || !strings.Contains(err.Error(), "session_ttl_min") {
-		t.Fatalf("err = %v, want ErrTTLRefused naming session_ttl_min", err)
+	if err != nil {
+		t.Fatalf("a stock Consul's session_ttl_min must not stop the syncer: %v", err)
 	}
-	t.Log(err)
+	t.Cleanup(func() { _ = l.Close(context.Background()) })
+	if asked != DefaultTiming().TTL || used != 10*time.Second || l.Timing().TTL != 10*time.Second {
+		t.Fatalf("TTL raised from %s to %s (timing %s), want from the default to the servers' 10s", asked, used, l.Timing().TTL)
+	}
+	// The fence does not depend on the TTL: the deadline's validity is the lock-delay's.
+	if l.Timing().Validity() != DefaultTiming().Validity() {
+		t.Fatalf("validity %s changed with the TTL (was %s)", l.Timing().Validity(), DefaultTiming().Validity())
+	}
+	info, _, err := c.Client().Session().Info(l.Session(), nil)
+	if err != nil || info == nil || info.TTL != "10s" {
+		t.Fatalf("the session Consul holds: %+v, %v; want TTL 10s", info, err)
+	}
+}
+
+// TestRefusedTTLMin reads the allowed range from Consul's refusal.
+func TestRefusedTTLMin(t *testing.T) {
+	refusal := fmt.Errorf("lease: %w 3s: set session_ttl_min: %w", ErrTTLRefused,
+		errors.New("Unexpected response code: 500 (Invalid Session TTL '3000000000', must be between [10s=24h0m0s])"))
+	if d, ok := refusedTTLMin(refusal); !ok || d != 10*time.Second {
+		t.Fatalf("got %s, %v", d, ok)
+	}
+	if _, ok := refusedTTLMin(errors.New("connection refused")); ok {
+		t.Fatal("an unrelated error read as a refusal")
+	}
 }
 
 func TestNewConsulRejectsBadConfig(t *testing.T) {

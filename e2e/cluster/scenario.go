@@ -86,7 +86,7 @@ func (c *Cluster) Run(ctx context.Context, fault Fault) (*Result, error) {
 		if a == nil || a == old.Alloc {
 			continue
 		}
-		ws, _ := c.dataWrites(a)
+		ws, _ := c.dataWrites(ctx, a)
 		for _, w := range ws {
 			held[w.Key()] = true
 		}
@@ -112,7 +112,7 @@ func (c *Cluster) Run(ctx context.Context, fault Fault) (*Result, error) {
 	if err := c.waitSynced(ctx, back, r.New, 90*time.Second); err != nil {
 		return r, fmt.Errorf("%s: the old master's node did not come back as a synced clone: %w", fault, err)
 	}
-	c.check(r, held, back)
+	c.check(ctx, r, held, back)
 	return r, nil
 }
 
@@ -122,12 +122,12 @@ func (c *Cluster) stableMaster(ctx context.Context) (*Serving, error) {
 	for time.Now().Before(deadline) {
 		m, term, err := c.Master(ctx)
 		if err == nil && m != nil && m == m.Node.Current() {
-			ws, _ := c.dataWrites(m)
+			ws, _ := c.dataWrites(ctx, m)
 			if len(ws) > 0 && ws[len(ws)-1].Term == term {
 				last := ws[len(ws)-1].Key()
 				synced := true
 				for _, n := range c.Nodes {
-					if a := n.Current(); a != nil && a != m && !setOf(must(c.dataWrites(a)))[last] {
+					if a := n.Current(); a != nil && a != m && !setOf(must(c.dataWrites(ctx, a)))[last] {
 						synced = false
 					}
 				}
@@ -255,10 +255,10 @@ func (c *Cluster) waitSynced(ctx context.Context, a, master *Alloc, timeout time
 	deadline := time.Now().Add(timeout)
 	start := time.Now()
 	for time.Now().Before(deadline) {
-		mws := must(c.dataWrites(master))
+		mws := must(c.dataWrites(ctx, master))
 		if len(mws) > 0 && mws[len(mws)-1].At.After(start) {
 			last := mws[len(mws)-1].Key()
-			if setOf(must(c.dataWrites(a)))[last] {
+			if setOf(must(c.dataWrites(ctx, a)))[last] {
 				return nil
 			}
 		}
@@ -272,7 +272,7 @@ func (c *Cluster) waitSynced(ctx context.Context, a, master *Alloc, timeout time
 }
 
 // check fills r's invariant counts.
-func (c *Cluster) check(r *Result, held lineSet, back *Alloc) {
+func (c *Cluster) check(ctx context.Context, r *Result, held lineSet, back *Alloc) {
 	// One master at a time, from the writes: the [first, last] write of each (instance, term)
 	// must not overlap another instance's.
 	type span struct {
@@ -319,7 +319,7 @@ func (c *Cluster) check(r *Result, held lineSet, back *Alloc) {
 	r.SplitBrain = append(r.SplitBrain, c.history.Overlaps()...)
 
 	if c.Opts.App == AppSQLite {
-		st, err := ReadSQLite(r.New.DataFile(""))
+		st, err := ReadSQLite(ctx, r.New.DataFile(""))
 		switch {
 		case err != nil:
 			r.Integrity = err.Error()
@@ -328,14 +328,14 @@ func (c *Cluster) check(r *Result, held lineSet, back *Alloc) {
 		}
 	}
 	// Nothing a clone held is lost.
-	onNew := setOf(must(c.dataWrites(r.New)))
+	onNew := setOf(must(c.dataWrites(ctx, r.New)))
 	for l := range held {
 		if !onNew[l] {
 			r.LostWrites++
 		}
 	}
 	// The old master's writes are on the new master or set aside in its lost+found.
-	aside := c.lostFound(back)
+	aside := c.lostFound(ctx, back)
 	if back != r.OldMaster {
 		aside = lineSet{} // a replacement starts empty: everything must have been replicated
 	}

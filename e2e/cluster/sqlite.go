@@ -26,9 +26,9 @@ const (
 
 // dataWrites reads the writes an allocation's data dir holds: the writer's lines, or the
 // committed rows of the SQLite database.
-func (c *Cluster) dataWrites(a *Alloc) ([]Write, error) {
+func (c *Cluster) dataWrites(ctx context.Context, a *Alloc) ([]Write, error) {
 	if c.Opts.App == AppSQLite {
-		db, err := ReadSQLite(a.DataFile(""))
+		db, err := ReadSQLite(ctx, a.DataFile(""))
 		if err != nil {
 			return nil, err
 		}
@@ -49,9 +49,9 @@ func (c *Cluster) appExtraArgs(addr string) string {
 }
 
 // lostFound returns the writes kept under an allocation's lost+found.
-func (c *Cluster) lostFound(a *Alloc) lineSet {
+func (c *Cluster) lostFound(ctx context.Context, a *Alloc) lineSet {
 	if c.Opts.App == AppSQLite {
-		return lostFoundSQLite(a.DataFile(""))
+		return lostFoundSQLite(ctx, a.DataFile(""))
 	}
 	return lostFoundWrites(a.DataFile(""))
 }
@@ -70,11 +70,11 @@ type SQLiteState struct {
 // after a power cut there: a live file is never opened in place, so the app and the syncer are
 // not disturbed. A copy that caught a file mid-change is taken again (three tries) before its
 // verdict counts. A dir without a database holds no rows.
-func ReadSQLite(dir string) (*SQLiteState, error) {
+func ReadSQLite(ctx context.Context, dir string) (*SQLiteState, error) {
 	var last *SQLiteState
 	var lastErr error
 	for try := 0; try < 3; try++ {
-		st, err := readSQLiteOnce(dir)
+		st, err := readSQLiteOnce(ctx, dir)
 		if err == nil && st.Integrity == "ok" {
 			return st, nil
 		}
@@ -84,7 +84,7 @@ func ReadSQLite(dir string) (*SQLiteState, error) {
 	return last, lastErr
 }
 
-func readSQLiteOnce(dir string) (*SQLiteState, error) {
+func readSQLiteOnce(ctx context.Context, dir string) (*SQLiteState, error) {
 	if _, err := os.Stat(filepath.Join(dir, "app.db")); errors.Is(err, fs.ErrNotExist) {
 		return &SQLiteState{Integrity: "ok"}, nil
 	}
@@ -103,7 +103,7 @@ func readSQLiteOnce(dir string) (*SQLiteState, error) {
 		return nil, fmt.Errorf("sqlite open: %w", err)
 	}
 	defer func() { _ = db.Close() }()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	st := &SQLiteState{}
 	rows, err := db.QueryContext(ctx, `PRAGMA integrity_check`)
@@ -173,16 +173,16 @@ func copyIfExists(src, dst string) error {
 }
 
 // lostFoundSQLite returns the rows kept in the databases under a data dir's lost+found.
-func lostFoundSQLite(dataDir string) lineSet {
+func lostFoundSQLite(ctx context.Context, dataDir string) lineSet {
 	s := lineSet{}
 	_ = filepath.WalkDir(filepath.Join(dataDir, "lost+found"), func(p string, d fs.DirEntry, err error) error {
 		if err != nil || !d.IsDir() {
 			return nil //nolint:nilerr // best effort: a missing dir is empty
 		}
 		if _, serr := os.Stat(filepath.Join(p, "app.db")); serr != nil {
-			return nil
+			return nil //nolint:nilerr // no database in this folder
 		}
-		if st, rerr := ReadSQLite(p); rerr == nil && st != nil {
+		if st, rerr := ReadSQLite(ctx, p); rerr == nil && st != nil {
 			for _, w := range st.Rows {
 				s[w.Key()] = true
 			}

@@ -128,7 +128,7 @@ func CampaignWith(ctx context.Context, l Leaser, cfg CampaignConfig) (Lease, err
 			warn("listing candidates failed", err)
 			continue
 		}
-		d := Decide(me, Vacancy{Term: h.Term, HighWater: hw}, cands, t)
+		d := Decide(me, Vacancy{Term: h.Term, HighWater: hw, Holder: h.Info.ID}, cands, t)
 		if d.Reason != lastReason {
 			if d.Stalled {
 				log.Warn("lock is free but not promotable", "term", h.Term, "high_water", hw.String(), "decision", d.Reason)

@@ -28,6 +28,11 @@ type Vacancy struct {
 	Term uint64
 	// HighWater is the last master's published high-water mark.
 	HighWater HighWater
+	// Holder is the id of the last holder (the lock key's value). Its candidacy, unless
+	// republished for this vacancy, is what it published before it became master: a master
+	// that released the lock and still wants it campaigns again and republishes; one that
+	// stepped down for good (and has not withdrawn yet) must not hold the others back.
+	Holder string
 }
 
 // better reports whether a should be promoted before b: a caught-up copy before one still in
@@ -84,6 +89,9 @@ func Decide(self Info, v Vacancy, cands []Candidate, t Timing) Decision {
 			continue
 		}
 		fresh := !everHeld || c.Vacant == v.Term
+		if !fresh && c.ID == v.Holder {
+			continue
+		}
 		if Qualifies(c.Info, everHeld, v.HighWater) != "" && fresh {
 			continue // a current, non-qualifying position: it cannot win
 		}

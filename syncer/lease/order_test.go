@@ -90,3 +90,19 @@ func TestDecideExactlyOneGoesFirst(t *testing.T) {
 		t.Fatalf("%d candidates go first, want exactly 1", first)
 	}
 }
+
+// The last holder's candidacy, published before it became master, does not hold the others
+// back after it released the lock (it republishes for the vacancy if it campaigns again).
+func TestDecideIgnoresTheLastHoldersLeftover(t *testing.T) {
+	tm := DefaultTiming()
+	leftover := Candidate{Info: Info{ID: "a", Position: Position{Term: 1, Seq: 10}, CaughtUp: true}, Live: true}
+	self := Info{ID: "b", Position: Position{Term: 1, Seq: 10}, CaughtUp: true}
+	v := Vacancy{Term: 2, HighWater: HighWater{Term: 2, Position: Position{Term: 1, Seq: 10}}, Holder: "a"}
+	if d := Decide(self, v, []Candidate{leftover}, tm); d.Rank != 0 || d.Delay != 0 {
+		t.Fatalf("Decide = %+v: the old master's leftover candidacy holds b back", d)
+	}
+	leftover.Vacant = 2 // it campaigns again: it counts
+	if d := Decide(self, v, []Candidate{leftover}, tm); d.Rank != 1 {
+		t.Fatalf("Decide = %+v: a republished candidacy is ignored", d)
+	}
+}

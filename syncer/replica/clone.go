@@ -32,6 +32,12 @@ type CloneConfig struct {
 	OnProgress func(Progress)
 	// Dial overrides net.Dialer (tests).
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
+	// Base is the position the master started its term from (what it wrote into the lock
+	// key when it took it); zero when unknown. A copy whose position lies beyond it in the
+	// same term holds data the master does not (it lost the promotion to a less advanced
+	// clone): its divergent files are moved aside before the initial sync, like a former
+	// master's.
+	Base Position
 }
 
 // CloneState is what a clone knows about itself.
@@ -58,6 +64,9 @@ type Clone struct {
 	resumable bool
 	local     map[string]*tree.Entry
 	lastProg  time.Time
+	// recorded is the position last written to the state file: the position this clone
+	// acknowledges (see record).
+	recorded Position
 }
 
 // NewClone prepares a clone; Run starts it.
@@ -79,7 +88,28 @@ func NewClone(cfg CloneConfig) *Clone {
 	// promotion and leave the group without a master.
 	c.st.Synced = st.Synced
 	c.st.Healthy = true
+	c.recorded = st.Position
 	return c
+}
+
+// record makes pos the durable position before it is acknowledged: the master publishes the
+// highest acknowledged position as the group's high-water mark, and a restarted clone claims
+// the position it recorded (lease/highwater.go). The data is synced first, so the record is
+// never ahead of the data; a crash before the record only makes the clone claim less.
+func (c *Clone) record(pos Position) error {
+	c.mu.Lock()
+	done := c.recorded == pos
+	c.mu.Unlock()
+	if done {
+		return nil
+	}
+	if err := c.cfg.State.Update(func(st *State) { st.Position, st.Role = pos, "clone" }); err != nil {
+		return applyError{fmt.Errorf("record position %d/%d: %w", pos.Term, pos.Seq, err)}
+	}
+	c.mu.Lock()
+	c.recorded = pos
+	c.mu.Unlock()
+	return nil
 }
 
 // Status returns the clone's state.
@@ -382,10 +412,14 @@ func (s *session) initialSync(ctx context.Context, f wire.Frame) error {
 		master = map[string]*tree.Entry{}
 	}
 	c.log.Info("manifest received", "entries", len(master), "seq", snap)
+	c.mu.Lock()
+	prev := c.st.Position // what the copy holds now (never less than recorded)
+	c.mu.Unlock()
+	prevSynced := c.cfg.State.Get().Synced
 	// From here the tree is changed toward the manifest: until the sync
 	// completes it is a mix of two positions, not a copy anyone may be
 	// promoted with, even after a crash. Say so durably first.
-	if c.cfg.State.Get().Synced {
+	if prevSynced {
 		if err := c.cfg.State.Update(func(st *State) { st.Synced = false }); err != nil {
 			return applyError{err}
 		}
@@ -393,7 +427,7 @@ func (s *session) initialSync(ctx context.Context, f wire.Frame) error {
 	c.mu.Lock()
 	c.st.Synced = false
 	c.mu.Unlock()
-	p, err := c.reconcileLocal(master, s.term)
+	p, err := c.reconcileLocal(master, s.term, aside(prev, prevSynced, s.term, c.cfg.Base))
 	if err != nil {
 		return applyError{err}
 	}
@@ -448,6 +482,7 @@ func (s *session) initialSync(ctx context.Context, f wire.Frame) error {
 	}
 	c.mu.Lock()
 	c.st.Position, c.st.Synced = pos, true
+	c.recorded = pos
 	c.st.MasterSeq = max(c.st.MasterSeq, snap)
 	c.st.Progress.Done = true
 	c.st.Progress.BytesDone = c.st.Progress.BytesTotal
@@ -476,14 +511,34 @@ func (c *Clone) progress(force bool) {
 	}
 }
 
+// aside tells whether a complete copy at prev holds data that a master of term, started from
+// base, does not: prev lies beyond base in base's own term (this copy was more advanced than
+// the clone promoted instead of it). It returns the lost+found folder name for it, or "".
+//
+// Only the same-term case is decided here: a copy of a term older than base's would need the
+// start of every term in between to be judged; those are a former master's case (below) or a
+// copy that slept through a whole term, whose data is overwritten as before.
+func aside(prev Position, synced bool, term uint64, base Position) string {
+	if !synced || base == (Position{}) || prev.Term >= term || prev.Term != base.Term || prev.Seq <= base.Seq {
+		return ""
+	}
+	return fmt.Sprintf("term%d-seq%d-beyond-seq%d", prev.Term, prev.Seq, base.Seq)
+}
+
 // reconcileLocal makes the local tree's structure match the manifest
 // (moving divergent data aside first if this node was master in an older
-// term) and returns the block requests for file content.
-func (c *Clone) reconcileLocal(master map[string]*tree.Entry, term uint64) (*plan, error) {
+// term, or holds positions beyond the master's start: beyond names the
+// folder) and returns the block requests for file content.
+func (c *Clone) reconcileLocal(master map[string]*tree.Entry, term uint64, beyond string) (*plan, error) {
 	local := c.local
 	st := c.cfg.State.Get()
-	if st.Role == "master" && st.MasterTerm < term {
-		dest := fmt.Sprintf("%s/term%d-%s", tree.LostFound, st.MasterTerm, time.Now().UTC().Format("20060102T150405.000Z"))
+	former := st.Role == "master" && st.MasterTerm < term
+	if former || beyond != "" {
+		name := fmt.Sprintf("term%d", st.MasterTerm)
+		if beyond != "" {
+			name = beyond
+		}
+		dest := fmt.Sprintf("%s/%s-%s", tree.LostFound, name, time.Now().UTC().Format("20060102T150405.000Z"))
 		moved := 0
 		skip := "\x00" // descendants of what was just moved come right after it
 		for _, l := range tree.Sorted(local) {
@@ -505,7 +560,11 @@ func (c *Clone) reconcileLocal(master map[string]*tree.Entry, term uint64) (*pla
 			delete(local, l.Path)
 		}
 		if moved > 0 {
-			c.log.Warn("former master: divergent data moved aside", "entries", moved, "dir", dest)
+			what := "former master"
+			if beyond != "" {
+				what = "copy beyond the new master's start"
+			}
+			c.log.Warn(what+": divergent data moved aside", "entries", moved, "dir", dest)
 		}
 	}
 	// Deletes, top level only. Entries below a deleted name are never looked
@@ -639,13 +698,20 @@ func (s *session) stream(ctx context.Context) error {
 	c.mu.Unlock()
 	c.cfg.Metrics.Healthy.Set(1)
 	c.updateCaughtUp()
-	var unacked bool
+	// A resumed session may hold ops applied before the last one broke, not yet synced and
+	// recorded: those are acknowledged only through the path below.
+	c.mu.Lock()
+	unacked := c.st.Position != c.recorded
+	c.mu.Unlock()
 	for ctx.Err() == nil {
 		if unacked && s.r.Buffered() == 0 {
 			if err := c.ap.Sync(); err != nil {
 				return applyError{err}
 			}
 			pos := c.Status().Position
+			if err := c.record(pos); err != nil {
+				return err
+			}
 			if err := s.send(wire.TAck, pos.Seq, nil); err != nil {
 				return err
 			}

@@ -66,6 +66,10 @@ type Master struct {
 	fenced   bool
 	clones   map[*cloneConn]struct{}
 	stopOnce sync.Once
+	// acked is the highest position of this term any clone has acknowledged (applied,
+	// synced and recorded), whether or not it is still connected: the high-water mark the
+	// election publishes (see lease/highwater.go).
+	acked Position
 }
 
 // NewMaster prepares a master; Run starts it.
@@ -147,6 +151,15 @@ func (m *Master) Position() Position {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return Position{Term: m.cfg.Term, Seq: m.head}
+}
+
+// HighWater is the highest position of this term that a clone has acknowledged: a clone
+// acknowledges only what it applied, synced and recorded, so a copy at this position exists
+// outside this master. Zero until the first acknowledgement.
+func (m *Master) HighWater() Position {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.acked
 }
 
 // Fenced reports whether a newer term was seen.
@@ -492,6 +505,9 @@ func (c *cloneConn) ack(f wire.Frame) {
 	m.mu.Lock()
 	if f.Term == m.cfg.Term && f.Seq <= m.head && f.Seq >= c.acked.Seq {
 		c.acked = Position{Term: f.Term, Seq: f.Seq}
+		if m.acked.Less(c.acked) {
+			m.acked = c.acked
+		}
 	}
 	lag := m.head - c.acked.Seq
 	m.mu.Unlock()

@@ -232,6 +232,19 @@ func (l *localSyncer) HighWater() lease.Position {
 	return lease.Position{Term: p.Term, Seq: p.Seq}
 }
 
+// Warning says that a clone hears nothing from its master (election.WarningReporter).
+func (l *localSyncer) Warning() string {
+	st := l.s.Status()
+	if st.Role != "clone" || !st.Stalled {
+		return ""
+	}
+	w := election.NotReceiving
+	if st.Error != "" {
+		w += ": " + st.Error
+	}
+	return w
+}
+
 // Lag is a synced clone's lag behind its master's head (election.LagReporter).
 func (l *localSyncer) Lag() (uint64, bool) {
 	st := l.s.Status()

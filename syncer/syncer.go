@@ -109,6 +109,10 @@ type Status struct {
 	// Serving is, on a master, whether its first scan is done and clones
 	// are being served: until then a clone that connects waits.
 	Serving bool `json:"serving,omitempty"`
+	// Stalled is, on a clone, true when nothing came from its master for a
+	// few heartbeats (outside an initial sync); MasterSilence says how long.
+	Stalled       bool    `json:"stalled,omitempty"`
+	MasterSilence float64 `json:"master_silence_seconds,omitempty"`
 }
 
 // Syncer runs one instance's replication.
@@ -230,6 +234,7 @@ func (s *Syncer) Status() Status {
 		st.CaughtUp, st.Synced, st.Healthy = cs.CaughtUp, cs.Synced, cs.Healthy && errs == ""
 		st.Progress = cs.Progress
 		st.MasterSeq = cs.MasterSeq
+		st.Stalled, st.MasterSilence = cs.Stalled, cs.Silence
 		if cs.Synced && cs.MasterSeq > cs.Position.Seq {
 			st.Lag = cs.MasterSeq - cs.Position.Seq
 		}

@@ -143,6 +143,7 @@ func (e *Elector) refresh(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		e.refreshWarning()
 		before := e.cfg.Announcer.State()
 		info := e.cfg.Local.Info()
 		lag, _ := e.lag(info)

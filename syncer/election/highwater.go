@@ -99,14 +99,27 @@ func (e *Elector) decided(d lease.Decision) {
 	case !d.Eligible:
 		msg = notPromotablePrefix + d.Reason
 	}
-	e.cfg.Announcer.Update(func(s *announce.State) {
+	e.setMessage(func(s announce.State) (string, bool) {
 		if s.Role == announce.RoleMaster {
-			return
+			return "", false
 		}
 		if msg == "" && !strings.HasPrefix(s.Message, stalledPrefix) && !strings.HasPrefix(s.Message, notPromotablePrefix) {
-			return // nothing of ours to take back
+			return "", false // nothing of ours to take back
 		}
-		s.Message = msg
+		return msg, true
+	})
+}
+
+// setMessage changes the announced message to what choose returns, if it says so and it
+// differs: an Update always pushes the state to the gates, so a no-op is not sent.
+func (e *Elector) setMessage(choose func(announce.State) (string, bool)) {
+	if msg, ok := choose(e.cfg.Announcer.State()); !ok || msg == e.cfg.Announcer.State().Message {
+		return
+	}
+	e.cfg.Announcer.Update(func(s *announce.State) {
+		if msg, ok := choose(*s); ok {
+			s.Message = msg
+		}
 	})
 }
 
@@ -115,3 +128,40 @@ const (
 	stalledPrefix       = "no master can be elected without losing data: "
 	notPromotablePrefix = "not promotable: "
 )
+
+// WarningReporter is optionally implemented by Local: a problem of the local
+// copy worth announcing while it lasts, such as a clone hearing nothing from
+// its master ("" when none). A warning starts with NotReceiving when the
+// clone stopped receiving.
+type WarningReporter interface {
+	Warning() string
+}
+
+// NotReceiving starts the warning of a clone that hears nothing from its
+// master; receivingAgain is announced when it hears from it again.
+const (
+	NotReceiving   = "not receiving from the master"
+	receivingAgain = "receiving from the master again"
+)
+
+// refreshWarning announces the local warning as the message (a decision
+// about promotion, more important, is left in place) and takes it back once
+// the problem is gone.
+func (e *Elector) refreshWarning() {
+	wr, ok := e.cfg.Local.(WarningReporter)
+	if !ok {
+		return
+	}
+	w := wr.Warning()
+	e.setMessage(func(s announce.State) (string, bool) {
+		switch {
+		case s.Role == announce.RoleMaster:
+		case strings.HasPrefix(s.Message, stalledPrefix), strings.HasPrefix(s.Message, notPromotablePrefix):
+		case w != "":
+			return w, true
+		case strings.HasPrefix(s.Message, NotReceiving):
+			return receivingAgain, true
+		}
+		return "", false
+	})
+}

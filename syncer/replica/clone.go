@@ -50,7 +50,17 @@ type CloneState struct {
 	Healthy   bool     `json:"healthy"`
 	Error     string   `json:"error,omitempty"`
 	Progress  Progress `json:"initial_sync"`
+	// Stalled is true when nothing came from the master (no op, no heartbeat, no
+	// connection) for stallAfter outside an initial sync; Silence says for how long.
+	Stalled bool    `json:"stalled,omitempty"`
+	Silence float64 `json:"master_silence_seconds,omitempty"`
 }
+
+// stallAfter is how long a clone hears nothing from its master (heartbeats come every
+// heartbeatEvery) before it says so: in logs, in its status, in the master_silence_seconds
+// metric and, through the election, in the announced state. The connection itself is given
+// up only after readTimeout.
+const stallAfter = 4 * heartbeatEvery
 
 // Clone mirrors a master's data directory.
 type Clone struct {
@@ -67,6 +77,10 @@ type Clone struct {
 	// recorded is the position last written to the state file: the position this clone
 	// acknowledges (see record).
 	recorded Position
+	// heard is when the last frame came from the master (or the clone started); bulk is
+	// true during an initial sync, when silences are the clone's own work (watch).
+	heard time.Time
+	bulk  bool
 }
 
 // NewClone prepares a clone; Run starts it.
@@ -152,6 +166,12 @@ func (c *Clone) Run(ctx context.Context) error {
 	if err := c.ap.Prepare(); err != nil {
 		return err
 	}
+	c.mu.Lock()
+	c.heard = time.Now()
+	c.mu.Unlock()
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go c.watch(wctx)
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		start := time.Now()
@@ -185,6 +205,47 @@ func (c *Clone) Run(ctx context.Context) error {
 	return nil
 }
 
+// watch reports a master that went silent within stallAfter, and its return.
+func (c *Clone) watch(ctx context.Context) {
+	t := time.NewTicker(heartbeatEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			c.cfg.Metrics.Silence.Set(0)
+			return
+		case <-t.C:
+		}
+		c.mu.Lock()
+		silence := time.Since(c.heard)
+		if c.bulk {
+			silence = 0
+		}
+		was := c.st.Stalled
+		c.st.Stalled = silence >= stallAfter
+		c.st.Silence = 0
+		if c.st.Stalled {
+			c.st.Silence = silence.Seconds()
+		}
+		now, why := c.st.Stalled, c.st.Error
+		c.mu.Unlock()
+		c.cfg.Metrics.Silence.Set(silence.Seconds())
+		switch {
+		case now && !was:
+			c.log.Warn("nothing received from the master", "master", c.cfg.MasterAddr, "for", silence.Round(time.Millisecond).String(), "error", why)
+		case !now && was:
+			c.log.Info("receiving from the master again", "master", c.cfg.MasterAddr)
+		}
+	}
+}
+
+// heardNow notes a frame from the master.
+func (c *Clone) heardNow(bulk bool) {
+	c.mu.Lock()
+	c.heard, c.bulk = time.Now(), bulk
+	c.mu.Unlock()
+}
+
 type session struct {
 	c    *Clone
 	conn net.Conn
@@ -213,6 +274,9 @@ func (s *session) readData(get func(int) []byte) (wire.Frame, wire.FileData, err
 	_ = s.conn.SetReadDeadline(time.Now().Add(bulkTimeout))
 	f, d, b, err := wire.ReadDataFrame(s.r, s.conn, wire.MaxPayload, s.buf, get)
 	s.buf = b
+	if err == nil {
+		s.c.heardNow(true)
+	}
 	return f, d, err
 }
 
@@ -224,6 +288,9 @@ func (s *session) read(limit int) (wire.Frame, error) {
 	_ = s.conn.SetReadDeadline(time.Now().Add(timeout))
 	f, b, err := wire.ReadFrame(s.r, limit, s.buf)
 	s.buf = b
+	if err == nil {
+		s.c.heardNow(s.bulk)
+	}
 	return f, err
 }
 
@@ -234,6 +301,11 @@ func (c *Clone) runSession(ctx context.Context) error {
 	if !resumable {
 		// Verify our own disk before talking to the master: this is what
 		// repairs a clone that crashed in the middle of applying a change.
+		// The scan is our own work, not the master's silence.
+		c.mu.Lock()
+		c.bulk = true
+		c.mu.Unlock()
+		defer c.heardNow(false)
 		local, err := tree.Scan(ctx, c.cfg.Root, tree.ScanOptions{Prev: c.local, OnError: func(p string, err error) {
 			c.log.Warn("cannot read local file, it will be replaced", "path", p, "error", err)
 		}})

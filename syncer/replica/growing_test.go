@@ -73,36 +73,11 @@ func TestGrowingFileSentOncePerChange(t *testing.T) {
 		t.Skip("writes 32 MiB")
 	}
 	mdir, cdir := t.TempDir(), t.TempDir()
-	mroot, err := os.OpenRoot(mdir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mroot.Close()
-	croot, err := os.OpenRoot(cdir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer croot.Close()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	secret := []byte("0123456789abcdef0123456789abcdef")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	m := NewMaster(MasterConfig{Dir: mdir, Root: mroot, Term: 1, Listener: ln, Secret: secret})
-	mdone := make(chan error, 1)
-	go func() { mdone <- m.Run(ctx) }()
-	px := newStallProxy(t, ln.Addr().String())
-	st, err := OpenState(croot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := NewClone(CloneConfig{Root: croot, MasterAddr: px.ln.Addr().String(), Secret: secret, ID: "c", State: st})
-	cdone := make(chan error, 1)
-	go func() { cdone <- c.Run(ctx) }()
-	waitUntil(t, 10*time.Second, "clone following", func() bool { return c.Status().CaughtUp })
-
+	m, c, px, wait := pair(ctx, t, mdir, cdir)
+	defer wait()
+	defer cancel()
 	const total, chunk = 32 << 20, 256 << 10
 	data := bytes.Repeat([]byte("growing log line, padded to make blocks distinct 0123456789\n"), total/60+1)[:total]
 	f, err := os.Create(filepath.Join(mdir, "big.log"))
@@ -134,9 +109,43 @@ func TestGrowingFileSentOncePerChange(t *testing.T) {
 	if sent > total*5/4 {
 		t.Fatalf("sent %d bytes for a %d-byte file: blocks were sent again for every op", sent, total)
 	}
-	cancel()
-	<-mdone
-	<-cdone
+}
+
+// pair runs a master on mdir and a clone on cdir, connected through a stall proxy, until ctx
+// ends; wait waits for both to stop. It returns once the clone follows the live stream.
+func pair(ctx context.Context, t *testing.T, mdir, cdir string) (*Master, *Clone, *stallProxy, func()) {
+	t.Helper()
+	mroot, err := os.OpenRoot(mdir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	croot, err := os.OpenRoot(cdir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := []byte("0123456789abcdef0123456789abcdef")
+	m := NewMaster(MasterConfig{Dir: mdir, Root: mroot, Term: 1, Listener: ln, Secret: secret})
+	mdone := make(chan error, 1)
+	go func() { mdone <- m.Run(ctx) }()
+	px := newStallProxy(t, ln.Addr().String())
+	st, err := OpenState(croot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := NewClone(CloneConfig{Root: croot, MasterAddr: px.ln.Addr().String(), Secret: secret, ID: "c", State: st})
+	cdone := make(chan error, 1)
+	go func() { cdone <- c.Run(ctx) }()
+	waitUntil(t, 10*time.Second, "clone following", func() bool { return c.Status().CaughtUp })
+	return m, c, px, func() {
+		<-mdone
+		<-cdone
+		mroot.Close()
+		croot.Close()
+	}
 }
 
 func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {

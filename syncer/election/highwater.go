@@ -70,6 +70,9 @@ func (e *Elector) markLoop(ctx context.Context, l lease.Lease, term uint64) {
 // finalAckWait makes it the mark, and only clones holding it can take over.
 // Without an acknowledgement the mark stays where the clones are.
 func (e *Elector) markFinal(ctx context.Context, l lease.Lease, term uint64) {
+	if !e.cfg.Local.Serving(term) {
+		return // never served (a promotion that timed out): nothing of this term to publish
+	}
 	head := e.cfg.Local.Info().Position
 	deadline := time.Now().Add(finalAckWait)
 	hw := e.highWater()

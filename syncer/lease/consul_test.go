@@ -484,8 +484,9 @@ func (e *env) candidatesOrdering(t *testing.T) {
 	t.Logf("best candidate took over %s after release", rb.at.Sub(released).Round(time.Millisecond))
 
 	// the best one hands back; now it "dies" silently (its candidacy stays live until its
-	// session expires): the lagging one, caught up, waits for it to republish its position
-	// for the vacancy at most a rank delay, then takes over anyway
+	// session expires): the lagging one, caught up, takes over at once — the candidacy the
+	// last holder published before it became master says nothing about its copy now, and it
+	// did not republish for the vacancy (see Vacancy.Holder)
 	synced := info("lag", 0)
 	synced.Position = Position{Term: rb.lease.Term(), Seq: 0}
 	lagPos.Store(synced)
@@ -500,8 +501,8 @@ func (e *env) candidatesOrdering(t *testing.T) {
 	}
 	took := r.at.Sub(freed)
 	t.Logf("lagging candidate took over %s after the lock was freed by a dead best candidate", took.Round(time.Millisecond))
-	if took < tm.RankDelay-100*time.Millisecond || took > tm.MaxRankDelay+2*time.Second {
-		t.Fatalf("lagging takeover after %s, want about its rank delay %s", took, tm.RankDelay)
+	if took > tm.RankDelay {
+		t.Fatalf("lagging takeover after %s: it waited for the last holder's leftover candidacy", took)
 	}
 }
 

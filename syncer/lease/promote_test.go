@@ -361,3 +361,26 @@ func TestPromotionWaitsForAQualifiedCandidate(t *testing.T) {
 	cM := campaignAs(ctx, back, newMember("m", pos(7, 41), true), nil) // its recorded head
 	expectWinner(t, "m", 3*time.Second, map[string]<-chan won{"c": cC, "m": cM})
 }
+
+// A better candidate that froze after republishing for the vacancy (its session lives on)
+// holds the others back only for the lock-delay and their rank: a qualified one takes over.
+func TestPromotionFrozenBestDoesNotBlockTheGroup(t *testing.T) {
+	g := NewMemory(memTiming())
+	m, frozen, next := g.Join("m"), g.Join("frozen"), g.Join("next")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	lm := mastership(t, m, "m", pos(1, 0), pos(2, 40))
+	if err := lm.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := frozen.Publish(ctx, Info{ID: "frozen", Position: pos(2, 50), CaughtUp: true, Vacant: lm.Term()}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	w := expectWinner(t, "next", 5*time.Second, map[string]<-chan won{"next": campaignAs(ctx, next, newMember("next", pos(2, 45), true), nil)})
+	took := w.at.Sub(start)
+	tm := g.timing
+	if want := time.Duration(float64(tm.LockDelay)*tm.Drift) + tm.RankDelay; took < want || took > want+time.Second {
+		t.Fatalf("took over after %s, want about %s (lock-delay and one rank)", took, want)
+	}
+}

@@ -53,6 +53,13 @@ type sources struct {
 func assemble(name string, src sources) Group {
 	st := src.state
 	g := Group{Name: name, KeyPrefix: st.Prefix, Term: st.Leader.Term, Service: src.service}
+	if st.HighWater.Set() {
+		hw := st.HighWater
+		g.HighWater = &hw
+	}
+	if st.HighWaterError != "" {
+		g.Warnings = append(g.Warnings, st.HighWaterError)
+	}
 	rows := map[string]*Instance{}
 	var all []*Instance
 	add := func(in *Instance) *Instance {
@@ -62,7 +69,7 @@ func assemble(name string, src sources) Group {
 	}
 	for _, c := range st.Candidates {
 		in := add(&Instance{ID: c.ID, Node: c.Node, Role: RoleClone, Term: c.Term, Position: c.Position,
-			CaughtUp: c.CaughtUp, Live: c.Live, SyncAddress: c.Address})
+			CaughtUp: c.CaughtUp, Live: c.Live, SyncAddress: c.Address, Waiting: c.Waiting})
 		if !c.Live {
 			in.Role = RoleDown
 		}

@@ -65,6 +65,15 @@ func WriteTable(w io.Writer, r *Report, verbose bool) error {
 			return fmt.Errorf("write table: %w", err)
 		}
 		fmt.Fprintf(&b, "%s: %s\n", g.Name, Summary(&g))
+		if g.Master == "" && g.HighWater != nil {
+			fmt.Fprintf(&b, "%s: a new master must hold the high-water mark %s (delete %s/highwater in Consul to accept losing it)\n",
+				g.Name, g.HighWater, g.KeyPrefix)
+			for _, in := range g.Instances {
+				if in.Live && in.Waiting != "" {
+					fmt.Fprintf(&b, "waiting: %s: %s\n", shortID(in.ID, verbose), in.Waiting)
+				}
+			}
+		}
 		for _, warn := range g.Warnings {
 			fmt.Fprintf(&b, "warning: %s\n", warn)
 		}

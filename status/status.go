@@ -132,6 +132,9 @@ type Instance struct {
 	SyncAddress string `json:"sync_address,omitempty"`
 	// Nomad is the allocation's client status when Nomad was asked.
 	Nomad string `json:"nomad_status,omitempty"`
+	// Waiting is why a candidate does not contend for a free lock (it does not hold the
+	// high-water mark, say), as it published it.
+	Waiting string `json:"waiting,omitempty"`
 }
 
 // Group is the state of one Bedrock group.
@@ -152,6 +155,9 @@ type Group struct {
 	// up, then allocations without a candidacy (absent), then candidacies
 	// whose session ended (down).
 	Instances []Instance `json:"instances"`
+	// HighWater is the group's high-water mark: the position a clone must hold to be
+	// promoted (nil when none was published); see syncer/lease/highwater.go.
+	HighWater *lease.HighWater `json:"high_water,omitempty"`
 	// Verdict and Reasons: the group's verdict and why it is not healthy.
 	Verdict Verdict  `json:"verdict"`
 	Reasons []string `json:"reasons,omitempty"`

@@ -406,3 +406,32 @@ func TestRunUsageErrors(t *testing.T) {
 		})
 	}
 }
+
+// A group without a master shows the high-water mark a new master must hold and why each live
+// candidate waits (issue 13: the group waits rather than promote stale data).
+func TestWriteTableShowsWhyNoMaster(t *testing.T) {
+	st := lease.GroupState{
+		Prefix: "bedrock/default/web/g", LeaderExists: true,
+		Leader:    lease.Holder{Term: 4, Info: lease.Info{ID: "1", Position: pos(3, 500)}},
+		HighWater: lease.HighWater{Term: 4, Position: pos(4, 30), ID: "1"},
+		Candidates: []lease.Candidate{
+			{Info: lease.Info{ID: "2", Position: pos(4, 12), CaughtUp: true, Waiting: "position 4/12 is behind the high-water mark"}, Live: true},
+		},
+	}
+	g := assemble("g", sources{state: st})
+	if g.HighWater == nil || g.HighWater.Position != pos(4, 30) || g.Instances[0].Waiting == "" {
+		t.Fatalf("group %+v", g)
+	}
+	var b bytes.Buffer
+	if err := WriteTable(&b, &Report{Job: "web", Namespace: "default", Groups: []Group{g}}, true); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"g: a new master must hold the high-water mark 4/30 (published by term 4) (delete bedrock/default/web/g/highwater in Consul to accept losing it)\n",
+		"waiting: 2: position 4/12 is behind the high-water mark\n",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, b.String())
+		}
+	}
+}

@@ -199,7 +199,8 @@ func mainConsul(ctx context.Context, args []string, stderr io.Writer) int {
 			case <-runCtx.Done():
 				return
 			case r := <-el.Roles():
-				roles.send(Role(r))
+				roles.send(Role{Master: r.Master, Term: r.Term, MasterAddr: r.MasterAddr,
+					Base: Position{Term: r.Base.Term, Seq: r.Base.Seq}})
 			}
 		}
 	}()
@@ -273,6 +274,26 @@ func (l *localSyncer) Info() lease.Info {
 		ID: l.id, Node: l.node, Address: l.addr, Term: st.Term,
 		Position: lease.Position{Term: st.Position.Term, Seq: st.Position.Seq}, CaughtUp: st.Synced || st.Role == "master",
 	}
+}
+
+// HighWater is what a master publishes as the group's high-water mark: the
+// highest position of its term a clone acknowledged (election.HighWaterReporter).
+func (l *localSyncer) HighWater() lease.Position {
+	p := l.s.HighWater()
+	return lease.Position{Term: p.Term, Seq: p.Seq}
+}
+
+// Warning says that a clone hears nothing from its master (election.WarningReporter).
+func (l *localSyncer) Warning() string {
+	st := l.s.Status()
+	if st.Role != "clone" || !st.Stalled {
+		return ""
+	}
+	w := election.NotReceiving
+	if st.Error != "" {
+		w += ": " + st.Error
+	}
+	return w
 }
 
 // Lag is a synced clone's lag behind its master's head (election.LagReporter).

@@ -27,11 +27,14 @@ import (
 )
 
 // Role is what this instance should be. Term is the fencing token (the
-// election lock's LockIndex); MasterAddr is where a clone finds the master.
+// election lock's LockIndex); MasterAddr is where a clone finds the master;
+// Base, on a clone, is the position the master started its term from (zero
+// when unknown), to move aside whatever this copy holds beyond it.
 type Role struct {
 	Master     bool
 	Term       uint64
 	MasterAddr string
+	Base       Position
 }
 
 // RoleSource delivers role changes. The syncer follows the latest role it
@@ -106,6 +109,10 @@ type Status struct {
 	// Serving is, on a master, whether its first scan is done and clones
 	// are being served: until then a clone that connects waits.
 	Serving bool `json:"serving,omitempty"`
+	// Stalled is, on a clone, true when nothing came from its master for a
+	// few heartbeats (outside an initial sync); MasterSilence says how long.
+	Stalled       bool    `json:"stalled,omitempty"`
+	MasterSilence float64 `json:"master_silence_seconds,omitempty"`
 }
 
 // Syncer runs one instance's replication.
@@ -201,6 +208,19 @@ func (s *Syncer) Drain(ctx context.Context) error {
 	return nil
 }
 
+// HighWater is, on a master, the highest position of its term a clone has
+// acknowledged (zero otherwise): what the election publishes as the group's
+// high-water mark.
+func (s *Syncer) HighWater() Position {
+	s.mu.Lock()
+	m := s.master
+	s.mu.Unlock()
+	if m == nil {
+		return Position{}
+	}
+	return m.HighWater()
+}
+
 // CaughtUp reports whether a clone has applied everything its master
 // announced (always true for a serving master).
 func (s *Syncer) CaughtUp() bool { return s.Status().CaughtUp }
@@ -210,7 +230,8 @@ func (s *Syncer) Status() Status {
 	s.mu.Lock()
 	m, c, role, fenced, errs := s.master, s.clone, s.role, s.fenced, s.err
 	s.mu.Unlock()
-	st := Status{ID: s.cfg.ID, Role: "idle", Term: max(role.Term, s.state.Get().Term), Healthy: errs == "", Error: errs}
+	durable := s.state.Get()
+	st := Status{ID: s.cfg.ID, Role: "idle", Term: max(role.Term, durable.Term), Healthy: errs == "", Error: errs}
 	switch {
 	case fenced:
 		st.Role = "fenced"
@@ -237,12 +258,19 @@ func (s *Syncer) Status() Status {
 		st.CaughtUp, st.Synced, st.Healthy = cs.CaughtUp, cs.Synced, cs.Healthy && errs == ""
 		st.Progress = cs.Progress
 		st.MasterSeq = cs.MasterSeq
+		st.Stalled, st.MasterSilence = cs.Stalled, cs.Silence
 		if cs.Synced && cs.MasterSeq > cs.Position.Seq {
 			st.Lag = cs.MasterSeq - cs.Position.Seq
 		}
 		if cs.Error != "" {
 			st.Error = cs.Error
 		}
+	default:
+		// No role yet (the lock is free): what the copy durably holds. The
+		// election compares it with the group's high-water mark, so a
+		// restarted syncer can be promoted only if its record proves it
+		// holds what the last master published.
+		st.Position, st.Synced = durable.Position, durable.Synced
 	}
 	return st
 }
@@ -339,7 +367,7 @@ func (s *Syncer) runRole(ctx context.Context, r Role) {
 	c := replica.NewClone(replica.CloneConfig{
 		Root: s.root, MasterAddr: r.MasterAddr, Secret: s.cfg.Secret, ID: s.cfg.ID,
 		Logger: s.log.Named("clone"), Metrics: s.metrics, State: s.state, Owners: os.Geteuid() == 0,
-		OnProgress: s.cfg.OnProgress, Dial: s.dialer(),
+		OnProgress: s.cfg.OnProgress, Dial: s.dialer(), Base: r.Base,
 	})
 	s.mu.Lock()
 	s.clone = c
@@ -373,8 +401,10 @@ func roleName(r Role) string {
 }
 
 func (s *Syncer) runMaster(ctx context.Context, r Role) {
+	// A master's copy is complete by definition (Synced): once it has
+	// recorded a position of its own term (below), a restart may claim it.
 	if err := s.state.Update(func(st *replica.State) {
-		st.Term, st.Role, st.MasterTerm = r.Term, "master", r.Term
+		st.Term, st.Role, st.MasterTerm, st.Synced = r.Term, "master", r.Term, true
 	}); err != nil {
 		s.log.Error("cannot record role", "error", err)
 		s.setErr(err)
@@ -417,7 +447,15 @@ func (s *Syncer) runMaster(ctx context.Context, r Role) {
 	s.master = m
 	s.mu.Unlock()
 	s.log.Info("running as master", "listen", ln.Addr().String(), "term", r.Term)
+	rctx, stopRecord := context.WithCancel(ctx)
+	recorded := make(chan struct{})
+	go func() {
+		defer close(recorded)
+		s.recordHead(rctx, m)
+	}()
 	err = m.Run(ctx)
+	stopRecord()
+	<-recorded
 	pos := m.Position()
 	_ = s.state.Update(func(st *replica.State) { st.Position = pos })
 	if err != nil && !errors.Is(err, replica.ErrFenced) {
@@ -430,6 +468,35 @@ func (s *Syncer) runMaster(ctx context.Context, r Role) {
 	s.master = nil
 	s.mu.Unlock()
 	<-ctx.Done()
+}
+
+// recordEvery is how often a master records its head in the state file
+// while it moves.
+const recordEvery = 100 * time.Millisecond
+
+// recordHead records the master's head durably as it moves. The data
+// directory is always at least there (ops are cut from it), so a master
+// killed with SIGKILL and restarted claims a position it really holds, at
+// most recordEvery behind, instead of whatever its last initial sync left in
+// the state file (issue 13: a restarted former master claimed 1/0 for data
+// of term 2).
+func (s *Syncer) recordHead(ctx context.Context, m *replica.Master) {
+	t := time.NewTicker(recordEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pos := m.Position()
+		if m.Fenced() || s.state.Get().Position == pos {
+			continue
+		}
+		if err := s.state.Update(func(st *replica.State) { st.Position = pos }); err != nil {
+			s.log.Warn("recording the master's position failed", "error", err)
+		}
+	}
 }
 
 // lagLoop refreshes the per-clone lag-in-seconds gauge, which grows with

@@ -29,6 +29,9 @@ type Role struct {
 	Master     bool
 	Term       uint64
 	MasterAddr string
+	// Base is, on a clone, the position the master started its term from
+	// (the lock key's value): see replica.CloneConfig.Base.
+	Base lease.Position
 }
 
 // Local is the elector's view of the local syncer.
@@ -154,6 +157,7 @@ func (e *Elector) refresh(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		e.refreshWarning()
 		before := e.cfg.Announcer.State()
 		info := e.cfg.Local.Info()
 		lag, _ := e.lag(info)
@@ -184,7 +188,7 @@ func (e *Elector) Run(ctx context.Context) error {
 		// Follow the holder while campaigning; stop following while master.
 		fctx, stopFollow := context.WithCancel(ctx)
 		go e.follow(fctx)
-		l, err := lease.Campaign(ctx, e.cfg.Leaser, e.cfg.Local.Info, e.log)
+		l, err := lease.CampaignWith(ctx, e.cfg.Leaser, lease.CampaignConfig{Self: e.cfg.Local.Info, Logger: e.log, OnDecision: e.decided})
 		stopFollow()
 		if err != nil {
 			if ctx.Err() != nil {
@@ -234,7 +238,7 @@ func (e *Elector) follow(ctx context.Context) {
 		if !h.Held || h.Info.ID == e.cfg.Local.Info().ID {
 			continue
 		}
-		e.send(Role{Master: false, Term: h.Term, MasterAddr: h.Info.Address})
+		e.send(Role{Master: false, Term: h.Term, MasterAddr: h.Info.Address, Base: h.Info.Position})
 		e.announce(announce.RoleClone, h.Term, time.Time{}, h.Info.Address, fmt.Sprintf("following %s (term %d)", h.Info.Address, h.Term))
 	}
 }
@@ -262,6 +266,9 @@ func (e *Elector) serve(ctx context.Context, l lease.Lease) error {
 	}
 	e.log.Info("elected master", "term", term)
 	e.announce(announce.RoleMaster, term, l.Deadline(), "", fmt.Sprintf("elected master (term %d)", term))
+	mctx, stopMarking := context.WithCancel(ctx)
+	defer stopMarking()
+	go e.markLoop(mctx, l, term)
 	for {
 		changed := e.cfg.Announcer.Changed()
 		if e.cfg.Announcer.App().Failed {
@@ -305,6 +312,7 @@ func (e *Elector) handOver(ctx context.Context, l lease.Lease, term uint64) erro
 		e.log.Warn("withdrawing the candidacy failed", "error", err)
 	}
 	wcancel()
+	e.markFinal(ctx, l, term)
 	e.send(Role{Master: false, Term: term})
 	rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
 	defer rcancel()
@@ -363,6 +371,7 @@ func (e *Elector) release(ctx context.Context, l lease.Lease, term uint64) error
 		e.drain(ctx)
 	}
 	<-stepped
+	e.markFinal(ctx, l, term)
 	rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
 	defer rcancel()
 	if err := l.Release(rctx); err != nil {

@@ -20,12 +20,13 @@ type heldLease struct {
 	done     chan struct{}
 }
 
-func (l *heldLease) Term() uint64                             { return 7 }
-func (l *heldLease) Deadline() time.Time                      { return l.deadline }
-func (l *heldLease) Renewed() <-chan time.Time                { return nil }
-func (l *heldLease) Done() <-chan struct{}                    { return l.done }
-func (l *heldLease) Err() error                               { return nil }
-func (l *heldLease) Update(context.Context, lease.Info) error { return nil }
+func (l *heldLease) Term() uint64                               { return 7 }
+func (l *heldLease) Deadline() time.Time                        { return l.deadline }
+func (l *heldLease) Renewed() <-chan time.Time                  { return nil }
+func (l *heldLease) Done() <-chan struct{}                      { return l.done }
+func (l *heldLease) Err() error                                 { return nil }
+func (l *heldLease) Update(context.Context, lease.Info) error   { return nil }
+func (l *heldLease) Mark(context.Context, lease.Position) error { return nil }
 func (l *heldLease) Release(context.Context) error {
 	l.released <- time.Now()
 	return nil

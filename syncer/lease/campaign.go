@@ -9,20 +9,39 @@ import (
 	"github.com/hashicorp/go-hclog"
 )
 
-// publishEvery limits how often a changing position is republished while campaigning; a change
-// of the caught-up flag is published at once.
+// publishEvery limits how often a changing position is republished while a master holds the
+// lock (the ranking does not use those copies: see Decide); while the lock is free, and on a
+// change of the caught-up flag or of the vacancy, it is republished at once.
 const publishEvery = time.Second
 
-// Campaign blocks until this instance holds the lock or ctx ends. self returns this instance's
-// current info (position, caught-up flag); it is published as the candidacy and written into
-// the lock key on success.
-//
-// While the lock is free, Decide orders the live candidates: the most caught-up one tries at
-// once and the others after their rank delay, counted from the moment this instance saw the
-// lock free. A refused attempt (another won, or the lock-delay left by a dead holder is still
-// running) is retried every RetryEvery, so the takeover happens within RetryEvery of the
-// lock-delay's end.
+// CampaignConfig configures CampaignWith.
+type CampaignConfig struct {
+	// Self returns this instance's current info (position, caught-up flag); it is published
+	// as the candidacy and written into the lock key on success.
+	Self func() Info
+	// Logger receives the decisions (default: no logs).
+	Logger hclog.Logger
+	// OnDecision, if set, is told every new decision while the lock is free (each time the
+	// reason changes), e.g. to announce that the group waits for a qualified candidate.
+	OnDecision func(Decision)
+}
+
+// Campaign is CampaignWith without a decision observer.
 func Campaign(ctx context.Context, l Leaser, self func() Info, log hclog.Logger) (Lease, error) {
+	return CampaignWith(ctx, l, CampaignConfig{Self: self, Logger: log})
+}
+
+// CampaignWith blocks until this instance holds the lock or ctx ends.
+//
+// While the lock is free, every iteration (each watch event and every RetryEvery) reads the
+// high-water mark and the candidacies, republishes this instance's current position stamped
+// with the vacancy (Info.Vacant) when it changed, and lets Decide say whether and when to
+// contend; the rank delay counts from the moment this instance saw the lock free. A refused
+// attempt (another won, the lock-delay left by a dead holder is still running, or the mark
+// moved) is retried every RetryEvery, so the takeover happens within RetryEvery of the
+// lock-delay's end.
+func CampaignWith(ctx context.Context, l Leaser, cfg CampaignConfig) (Lease, error) {
+	log := cfg.Logger
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
@@ -49,6 +68,22 @@ func Campaign(ctx context.Context, l Leaser, self func() Info, log hclog.Logger)
 			log.Warn(msg, "error", err)
 		}
 	}
+	publish := func(me Info, free bool) error {
+		due := !published || me.CaughtUp != pub.CaughtUp || me.Vacant != pub.Vacant || me.Waiting != pub.Waiting ||
+			(me != pub && (free || time.Since(pubAt) >= publishEvery))
+		if !due {
+			return nil
+		}
+		if err := l.Publish(ctx, me); err != nil {
+			if errors.Is(err, ErrClosed) {
+				return fmt.Errorf("lease: campaign: %w", err)
+			}
+			warn("publishing candidacy failed", err)
+			return nil
+		}
+		pub, pubAt, published = me, time.Now(), true
+		return nil
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -69,18 +104,23 @@ func Campaign(ctx context.Context, l Leaser, self func() Info, log hclog.Logger)
 		case <-tick.C:
 		}
 
-		me := self()
-		if !published || me.CaughtUp != pub.CaughtUp || (me != pub && time.Since(pubAt) >= publishEvery) {
-			if err := l.Publish(ctx, me); err != nil {
-				if errors.Is(err, ErrClosed) {
-					return nil, fmt.Errorf("lease: campaign: %w", err)
-				}
-				warn("publishing candidacy failed", err)
-			} else {
-				pub, pubAt, published = me, time.Now(), true
+		me := cfg.Self()
+		free := have && !h.Held
+		if !free {
+			lastReason = ""
+			if err := publish(me, false); err != nil {
+				return nil, err
 			}
+			continue
 		}
-		if !have || h.Held {
+		me.Vacant = h.Term
+		// Publish the current position first: the others rank on it.
+		if err := publish(withWaiting(me, pub.Waiting), true); err != nil {
+			return nil, err
+		}
+		hw, err := l.HighWater(ctx)
+		if err != nil {
+			warn("reading the high-water mark failed", err)
 			continue
 		}
 		cands, err := l.Candidates(ctx)
@@ -88,10 +128,24 @@ func Campaign(ctx context.Context, l Leaser, self func() Info, log hclog.Logger)
 			warn("listing candidates failed", err)
 			continue
 		}
-		d := Decide(me, h.Term > 0, cands, t)
+		d := Decide(me, Vacancy{Term: h.Term, HighWater: hw, Holder: h.Info.ID}, cands, t)
 		if d.Reason != lastReason {
-			log.Info("lock is free", "term", h.Term, "decision", d.Reason)
+			if d.Stalled {
+				log.Warn("lock is free but not promotable", "term", h.Term, "high_water", hw.String(), "decision", d.Reason)
+			} else {
+				log.Info("lock is free", "term", h.Term, "high_water", hw.String(), "decision", d.Reason)
+			}
 			lastReason = d.Reason
+			if cfg.OnDecision != nil {
+				cfg.OnDecision(d)
+			}
+		}
+		waiting := ""
+		if !d.Eligible {
+			waiting = d.Reason
+		}
+		if err := publish(withWaiting(me, waiting), true); err != nil {
+			return nil, err
 		}
 		if !d.Eligible || time.Since(freeSince) < d.Delay {
 			continue
@@ -104,7 +158,7 @@ func Campaign(ctx context.Context, l Leaser, self func() Info, log hclog.Logger)
 		switch {
 		case err == nil:
 			return ls, nil
-		case errors.Is(err, ErrHeld):
+		case errors.Is(err, ErrHeld), errors.Is(err, ErrBehind):
 			log.Debug("acquisition refused; retrying", "error", err)
 		case errors.Is(err, ErrClosed):
 			return nil, fmt.Errorf("lease: campaign: %w", err)
@@ -114,4 +168,10 @@ func Campaign(ctx context.Context, l Leaser, self func() Info, log hclog.Logger)
 			warn("acquisition failed; retrying", err)
 		}
 	}
+}
+
+// withWaiting returns info with its Waiting reason set.
+func withWaiting(info Info, why string) Info {
+	info.Waiting = why
+	return info
 }

@@ -87,6 +87,8 @@ func (f *fakeLeaser) Candidates(context.Context) ([]Candidate, error) {
 
 func (f *fakeLeaser) Timing() Timing { return f.timing }
 
+func (f *fakeLeaser) HighWater(context.Context) (HighWater, error) { return HighWater{}, nil }
+
 func (f *fakeLeaser) Close(context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -99,13 +101,14 @@ func (f *fakeLeaser) Close(context.Context) error {
 
 type fakeLease struct{ term uint64 }
 
-func (l *fakeLease) Term() uint64                       { return l.term }
-func (l *fakeLease) Deadline() time.Time                { return time.Now().Add(time.Second) }
-func (l *fakeLease) Renewed() <-chan time.Time          { return nil }
-func (l *fakeLease) Done() <-chan struct{}              { return nil }
-func (l *fakeLease) Err() error                         { return nil }
-func (l *fakeLease) Update(context.Context, Info) error { return nil }
-func (l *fakeLease) Release(context.Context) error      { return nil }
+func (l *fakeLease) Term() uint64                         { return l.term }
+func (l *fakeLease) Deadline() time.Time                  { return time.Now().Add(time.Second) }
+func (l *fakeLease) Renewed() <-chan time.Time            { return nil }
+func (l *fakeLease) Done() <-chan struct{}                { return nil }
+func (l *fakeLease) Err() error                           { return nil }
+func (l *fakeLease) Update(context.Context, Info) error   { return nil }
+func (l *fakeLease) Release(context.Context) error        { return nil }
+func (l *fakeLease) Mark(context.Context, Position) error { return nil }
 
 func selfInfo(id string, seq uint64) func() Info {
 	return func() Info { return Info{ID: id, Position: Position{Term: 2, Seq: seq}, CaughtUp: true} }

@@ -324,9 +324,12 @@ func (c *Consul) replaceSession(ctx context.Context, old string, cause error) {
 	}
 }
 
-// Acquire tries once to take the lock. It reads the key, then locks it in one transaction
-// guarded by the key's ModifyIndex so that the term written into the value (LockIndex+1) is
-// exactly the LockIndex Consul assigns; a concurrent change makes it retry a few times.
+// Acquire tries once to take the lock. It reads the lock key and the high-water key, applies
+// the promotion rule (Qualifies), then locks the key and raises the high-water mark to info's
+// position in one transaction guarded by both keys' ModifyIndex: the term written into the
+// value (LockIndex+1) is exactly the LockIndex Consul assigns, and the rule was checked
+// against the mark as it is when the lock is taken. A concurrent change makes it retry a few
+// times.
 func (c *Consul) Acquire(ctx context.Context, info Info) (Lease, error) {
 	c.acquiring.Lock()
 	defer c.acquiring.Unlock()
@@ -342,11 +345,20 @@ func (c *Consul) Acquire(ctx context.Context, info Info) (Lease, error) {
 	session := c.session
 	c.mu.Unlock()
 
-	key := c.LeaderKey()
+	key, hwKey := c.LeaderKey(), c.HighWaterKey()
 	for attempt := 0; attempt < 3; attempt++ {
-		cur, _, err := c.cfg.Client.KV().Get(key, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+		q := (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx)
+		cur, _, err := c.cfg.Client.KV().Get(key, q)
 		if err != nil {
 			return nil, fmt.Errorf("lease: read %s: %w", key, err)
+		}
+		hwPair, _, err := c.cfg.Client.KV().Get(hwKey, q)
+		if err != nil {
+			return nil, fmt.Errorf("lease: read %s: %w", hwKey, err)
+		}
+		hw, err := decodeHighWater(hwPair)
+		if err != nil {
+			return nil, err
 		}
 		guard := &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVCheckNotExists, Key: key}}
 		term := uint64(1)
@@ -360,14 +372,28 @@ func (c *Consul) Acquire(ctx context.Context, info Info) (Lease, error) {
 				term = cur.LockIndex // re-locking by the same session keeps the index
 			}
 		}
+		if why := Qualifies(info, cur != nil && cur.LockIndex > 0, hw); why != "" {
+			return nil, fmt.Errorf("lease: %w: %s", ErrBehind, why)
+		}
+		hwGuard := &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVCheckNotExists, Key: hwKey}}
+		if hwPair != nil {
+			hwGuard = &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVCheckIndex, Key: hwKey, Index: hwPair.ModifyIndex}}
+		}
 		info.Term = term
 		val, err := json.Marshal(info)
 		if err != nil {
 			return nil, fmt.Errorf("lease: encode holder info: %w", err)
 		}
+		mark := HighWater{Term: term, Position: info.Position, ID: c.cfg.ID} // ≥ hw: it qualified
+		hwVal, err := json.Marshal(mark)
+		if err != nil {
+			return nil, fmt.Errorf("lease: encode high-water mark: %w", err)
+		}
 		ops := api.TxnOps{
 			guard,
+			hwGuard,
 			{KV: &api.KVTxnOp{Verb: api.KVLock, Key: key, Value: val, Session: session}},
+			{KV: &api.KVTxnOp{Verb: api.KVSet, Key: hwKey, Value: hwVal}},
 			{KV: &api.KVTxnOp{Verb: api.KVGet, Key: key}},
 		}
 		// Measured BEFORE the request: see Timing's safety argument.
@@ -381,12 +407,12 @@ func (c *Consul) Acquire(ctx context.Context, info Info) (Lease, error) {
 			guardFailed := false
 			for _, e := range resp.Errors {
 				whats = append(whats, e.What)
-				if e.OpIndex == 0 && !strings.Contains(e.What, "lock delay") {
+				if e.OpIndex <= 1 && !strings.Contains(e.What, "lock delay") {
 					guardFailed = true
 				}
 			}
 			if guardFailed {
-				continue // the key changed between the read and the lock: read again
+				continue // a key changed between the read and the lock: read again
 			}
 			return nil, fmt.Errorf("lease: %w: %s", ErrHeld, strings.Join(whats, "; "))
 		}
@@ -405,6 +431,7 @@ func (c *Consul) Acquire(ctx context.Context, info Info) (Lease, error) {
 			c.log.Warn("term in the lock value differs from LockIndex", "written", term, "lock_index", got.LockIndex)
 		}
 		l := newConsulLease(c, session, got.LockIndex, c.timing.DeadlineAfter(sent), info)
+		l.marked = mark.Position
 		c.mu.Lock()
 		if c.session != session || c.closed {
 			c.mu.Unlock()
@@ -420,10 +447,36 @@ func (c *Consul) Acquire(ctx context.Context, info Info) (Lease, error) {
 		default:
 		}
 		go l.watch()
-		c.log.Info("lock acquired", "key", key, "term", l.term, "deadline_in", time.Until(l.Deadline()))
+		c.log.Info("lock acquired", "key", key, "term", l.term, "high_water", mark.Position.String(), "deadline_in", time.Until(l.Deadline()))
 		return l, nil
 	}
-	return nil, fmt.Errorf("lease: %w: the key kept changing during acquisition", ErrHeld)
+	return nil, fmt.Errorf("lease: %w: the keys kept changing during acquisition", ErrHeld)
+}
+
+// HighWaterKey is the group's high-water key (see highwater.go).
+func (c *Consul) HighWaterKey() string { return GroupHighWaterKey(c.prefix) }
+
+// HighWater reads the group's high-water mark with a consistent read.
+func (c *Consul) HighWater(ctx context.Context) (HighWater, error) {
+	pair, _, err := c.cfg.Client.KV().Get(c.HighWaterKey(), (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+	if err != nil {
+		return HighWater{}, fmt.Errorf("lease: read %s: %w", c.HighWaterKey(), err)
+	}
+	return decodeHighWater(pair)
+}
+
+// decodeHighWater decodes the high-water key (nil: never written). A value that does not
+// decode is an error, not "no mark": promoting on a garbled mark could lose data, so the
+// group waits until an operator repairs or deletes the key.
+func decodeHighWater(p *api.KVPair) (HighWater, error) {
+	var hw HighWater
+	if p == nil {
+		return hw, nil
+	}
+	if err := json.Unmarshal(p.Value, &hw); err != nil || hw.Term == 0 {
+		return HighWater{}, fmt.Errorf("lease: the high-water key %s holds %q, not a mark: delete it to let any complete copy be promoted", p.Key, p.Value)
+	}
+	return hw, nil
 }
 
 // Publish writes this instance's candidacy, bound to the session so that it stops counting as
@@ -608,6 +661,7 @@ type consulLease struct {
 	mu       sync.Mutex
 	deadline time.Time
 	info     Info
+	marked   Position // the high-water mark last written
 	err      error
 	done     chan struct{}
 	renewed  chan time.Time
@@ -712,6 +766,45 @@ func (l *consulLease) Update(ctx context.Context, info Info) error {
 	}
 	l.mu.Lock()
 	l.info = info
+	l.mu.Unlock()
+	return nil
+}
+
+// Mark raises the high-water mark in a transaction that first checks that this session still
+// holds the lock key, so a deposed master can never move it.
+func (l *consulLease) Mark(ctx context.Context, pos Position) error {
+	if err := l.Err(); err != nil {
+		return err
+	}
+	l.mu.Lock()
+	if !l.marked.Less(pos) {
+		l.mu.Unlock()
+		return nil
+	}
+	l.mu.Unlock()
+	val, err := json.Marshal(HighWater{Term: l.term, Position: pos, ID: l.c.cfg.ID})
+	if err != nil {
+		return fmt.Errorf("lease: encode high-water mark: %w", err)
+	}
+	ops := api.TxnOps{
+		{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: l.c.LeaderKey(), Session: l.session}},
+		{KV: &api.KVTxnOp{Verb: api.KVSet, Key: l.c.HighWaterKey(), Value: val}},
+	}
+	ok, resp, _, err := l.c.cfg.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("lease: mark high-water %s: %w", pos, err)
+	}
+	if !ok {
+		var whats []string
+		for _, e := range resp.Errors {
+			whats = append(whats, e.What)
+		}
+		return fmt.Errorf("lease: mark high-water %s: %w: %s", pos, ErrLost, strings.Join(whats, "; "))
+	}
+	l.mu.Lock()
+	if l.marked.Less(pos) {
+		l.marked = pos
+	}
 	l.mu.Unlock()
 	return nil
 }

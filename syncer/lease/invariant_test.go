@@ -171,7 +171,7 @@ func (e *env) oneMasterAtATime(t *testing.T) {
 		g := e.newGroup()
 		a := e.leaser(t, 0, g, "a", tm)
 		b := e.leaser(t, 1, g, "b", tm)
-		na := startNode(ctx, t, a, info("a", 100))
+		na := startNode(ctx, t, a, info("a", 0)) // the group's first master starts from nothing
 		waitFor(t, 10*time.Second, func() bool { return na.running.Load() })
 		nb := startNode(ctx, t, b, info("b", 90))
 		waitFor(t, 5*time.Second, func() bool {

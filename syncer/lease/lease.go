@@ -27,7 +27,15 @@ var (
 	ErrClosed = errors.New("leaser closed")
 	// ErrTTLRefused means the Consul servers refuse the session TTL (below session_ttl_min).
 	ErrTTLRefused = errors.New("consul refuses the session TTL")
+	// ErrBehind means the acquisition was refused because the candidate does not qualify
+	// (see Qualifies): its copy is incomplete or behind the group's high-water mark.
+	ErrBehind = errors.New("candidate does not hold the group's high-water mark")
 )
+
+// MarkEvery is how often a master publishes a moving high-water mark (Lease.Mark): the
+// positions acknowledged in the last MarkEvery before a crash are the only ones the rule may
+// not cover (see the safety argument in highwater.go).
+const MarkEvery = 50 * time.Millisecond
 
 // Position is a replication position: everything up to Seq of Term. It mirrors the syncer's
 // replication position (same JSON) without depending on the replication packages.
@@ -60,6 +68,14 @@ type Info struct {
 	Position Position `json:"position"`
 	// CaughtUp tells whether the writer finished its initial sync and follows the live stream.
 	CaughtUp bool `json:"caught_up"`
+	// Vacant is, in a candidacy, the term after whose end it was published: the candidate saw
+	// the lock free with this LockIndex. Zero while it sees a holder. A candidacy of the
+	// current vacancy carries the candidate's position as of the vacancy, so the ranking does
+	// not rely on a copy published while a master still fed it.
+	Vacant uint64 `json:"vacant,omitempty"`
+	// Waiting is, in a candidacy, why the candidate does not contend for the free lock ("" when
+	// it does), for the status command.
+	Waiting string `json:"waiting,omitempty"`
 }
 
 // Holder is the current state of the lock key as observed by Watch.
@@ -89,7 +105,9 @@ type Candidate struct {
 // this instance's candidacy. Implementations renew their own session in the background.
 type Leaser interface {
 	// Acquire tries once to take the lock, writing info (with Term filled in) into the key.
-	// It returns ErrHeld when another session holds it or lock-delay is still running.
+	// It returns ErrHeld when another session holds it or lock-delay is still running, and
+	// ErrBehind when info does not qualify (Qualifies) against the high-water mark read in
+	// the same atomic step. On success the high-water mark becomes (term, info.Position).
 	Acquire(ctx context.Context, info Info) (Lease, error)
 	// Watch sends the key's state now and after every change until ctx ends; a slow reader
 	// only sees the latest state. The channel closes when ctx ends or the Leaser closes.
@@ -102,6 +120,9 @@ type Leaser interface {
 	Withdraw(ctx context.Context) error
 	// Candidates lists every published candidacy, live or not.
 	Candidates(ctx context.Context) ([]Candidate, error)
+	// HighWater reads the group's high-water mark (a consistent read; the zero HighWater when
+	// none was ever published). See highwater.go for what it is.
+	HighWater(ctx context.Context) (HighWater, error)
 	// Timing returns the timing parameters in use.
 	Timing() Timing
 	// Close withdraws the candidacy, releases the lock if held (no lock-delay: a clone
@@ -126,6 +147,10 @@ type Lease interface {
 	Err() error
 	// Update rewrites the lock key's value (e.g. a new position) while the lease is held.
 	Update(ctx context.Context, info Info) error
+	// Mark raises the group's high-water mark to pos (the highest position a clone has
+	// acknowledged), only while the lease is held; a pos not above the last mark is a no-op.
+	// It fails wrapping ErrLost once the lock is no longer this session's.
+	Mark(ctx context.Context, pos Position) error
 	// Release frees the lock without lock-delay so that a clone takes over at once. The
 	// caller must have stopped the app first: Release ends this instance's mastership
 	// immediately and nothing but the caller's ordering protects the handover. To step

@@ -25,6 +25,9 @@ func JobPrefix(root, namespace, job string) string {
 // key a Consul Leaser on that prefix locks.
 func GroupLeaderKey(prefix string) string { return prefix + "/leader" }
 
+// GroupHighWaterKey is the high-water key of the group whose prefix is given (see highwater.go).
+func GroupHighWaterKey(prefix string) string { return prefix + "/highwater" }
+
 // GroupCandidatesPrefix is the folder holding the candidacy keys of the group whose prefix is
 // given (with the trailing slash, as Consul's KV list wants it).
 func GroupCandidatesPrefix(prefix string) string { return prefix + "/candidates/" }
@@ -42,6 +45,11 @@ type GroupState struct {
 	Candidates []Candidate
 	// Malformed lists candidacy keys whose value is not a candidacy (reported, not fatal).
 	Malformed []string
+	// HighWater is the group's high-water mark: the position a clone must hold to be
+	// promoted (zero when none was published).
+	HighWater HighWater
+	// HighWaterError tells why the high-water key could not be decoded ("" when it could).
+	HighWaterError string
 }
 
 // ReadGroup reads the lock key and the candidacies under prefix in one KV listing, so that the
@@ -53,11 +61,17 @@ func ReadGroup(ctx context.Context, c *api.Client, prefix string) (GroupState, e
 	if err != nil {
 		return st, fmt.Errorf("lease: read %s/: %w", prefix, err)
 	}
-	leader, cands := GroupLeaderKey(prefix), GroupCandidatesPrefix(prefix)
+	leader, cands, hwKey := GroupLeaderKey(prefix), GroupCandidatesPrefix(prefix), GroupHighWaterKey(prefix)
 	for _, p := range pairs {
 		switch {
 		case p.Key == leader:
 			st.Leader, st.LeaderExists = holderOf(p), true
+		case p.Key == hwKey:
+			hw, err := decodeHighWater(p)
+			st.HighWater = hw
+			if err != nil {
+				st.HighWaterError = err.Error()
+			}
 		case strings.HasPrefix(p.Key, cands):
 			var info Info
 			if err := json.Unmarshal(p.Value, &info); err != nil || info.ID == "" {

@@ -83,10 +83,12 @@ type Timing struct {
 	// (lock-delay) and of renewal retries after an error. Default 150ms.
 	RetryEvery time.Duration
 	// RankDelay is how much longer each less caught-up candidate waits before contending
-	// for a free lock. Default 1s.
+	// for a free lock, on top of LockDelay·Drift (see Decide: the ranking must not be a race
+	// with the lock-delay); it also bounds how long the best one waits for the others to
+	// republish their positions. Default 1s.
 	RankDelay time.Duration
-	// MaxRankDelay caps the extra wait so that a lagging candidate still takes over when
-	// the better ones are dead. Default 3s.
+	// MaxRankDelay caps the rank part of the wait so that a lagging (but qualified, see
+	// Qualifies) candidate still takes over when the better ones are dead. Default 3s.
 	MaxRankDelay time.Duration
 }
 

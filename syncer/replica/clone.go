@@ -31,6 +31,12 @@ type CloneConfig struct {
 	OnProgress func(Progress)
 	// Dial overrides net.Dialer (tests).
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
+	// Base is the position the master started its term from (what it wrote into the lock
+	// key when it took it); zero when unknown. A copy whose position lies beyond it in the
+	// same term holds data the master does not (it lost the promotion to a less advanced
+	// clone): its divergent files are moved aside before the initial sync, like a former
+	// master's.
+	Base Position
 }
 
 // CloneState is what a clone knows about itself.
@@ -43,7 +49,17 @@ type CloneState struct {
 	Healthy   bool     `json:"healthy"`
 	Error     string   `json:"error,omitempty"`
 	Progress  Progress `json:"initial_sync"`
+	// Stalled is true when nothing came from the master (no op, no heartbeat, no
+	// connection) for stallAfter outside an initial sync; Silence says for how long.
+	Stalled bool    `json:"stalled,omitempty"`
+	Silence float64 `json:"master_silence_seconds,omitempty"`
 }
+
+// stallAfter is how long a clone hears nothing from its master (heartbeats come every
+// heartbeatEvery) before it says so: in logs, in its status, in the master_silence_seconds
+// metric and, through the election, in the announced state. The connection itself is given
+// up only after readTimeout.
+const stallAfter = 4 * heartbeatEvery
 
 // Clone mirrors a master's data directory.
 type Clone struct {
@@ -57,6 +73,13 @@ type Clone struct {
 	resumable bool
 	local     map[string]*tree.Entry
 	lastProg  time.Time
+	// recorded is the position last written to the state file: the position this clone
+	// acknowledges (see record).
+	recorded Position
+	// heard is when the last frame came from the master (or the clone started); bulk is
+	// true during an initial sync, when silences are the clone's own work (watch).
+	heard time.Time
+	bulk  bool
 }
 
 // NewClone prepares a clone; Run starts it.
@@ -78,7 +101,28 @@ func NewClone(cfg CloneConfig) *Clone {
 	// promotion and leave the group without a master.
 	c.st.Synced = st.Synced
 	c.st.Healthy = true
+	c.recorded = st.Position
 	return c
+}
+
+// record makes pos the durable position before it is acknowledged: the master publishes the
+// highest acknowledged position as the group's high-water mark, and a restarted clone claims
+// the position it recorded (lease/highwater.go). The data is synced first, so the record is
+// never ahead of the data; a crash before the record only makes the clone claim less.
+func (c *Clone) record(pos Position) error {
+	c.mu.Lock()
+	done := c.recorded == pos
+	c.mu.Unlock()
+	if done {
+		return nil
+	}
+	if err := c.cfg.State.Update(func(st *State) { st.Position, st.Role = pos, "clone" }); err != nil {
+		return applyError{fmt.Errorf("record position %d/%d: %w", pos.Term, pos.Seq, err)}
+	}
+	c.mu.Lock()
+	c.recorded = pos
+	c.mu.Unlock()
+	return nil
 }
 
 // Status returns the clone's state.
@@ -121,6 +165,12 @@ func (c *Clone) Run(ctx context.Context) error {
 	if err := c.ap.Prepare(); err != nil {
 		return err
 	}
+	c.mu.Lock()
+	c.heard = time.Now()
+	c.mu.Unlock()
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go c.watch(wctx)
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		start := time.Now()
@@ -152,6 +202,47 @@ func (c *Clone) Run(ctx context.Context) error {
 		backoff = min(backoff*2, 3*time.Second)
 	}
 	return nil
+}
+
+// watch reports a master that went silent within stallAfter, and its return.
+func (c *Clone) watch(ctx context.Context) {
+	t := time.NewTicker(heartbeatEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			c.cfg.Metrics.Silence.Set(0)
+			return
+		case <-t.C:
+		}
+		c.mu.Lock()
+		silence := time.Since(c.heard)
+		if c.bulk {
+			silence = 0
+		}
+		was := c.st.Stalled
+		c.st.Stalled = silence >= stallAfter
+		c.st.Silence = 0
+		if c.st.Stalled {
+			c.st.Silence = silence.Seconds()
+		}
+		now, why := c.st.Stalled, c.st.Error
+		c.mu.Unlock()
+		c.cfg.Metrics.Silence.Set(silence.Seconds())
+		switch {
+		case now && !was:
+			c.log.Warn("nothing received from the master", "master", c.cfg.MasterAddr, "for", silence.Round(time.Millisecond).String(), "error", why)
+		case !now && was:
+			c.log.Info("receiving from the master again", "master", c.cfg.MasterAddr)
+		}
+	}
+}
+
+// heardNow notes a frame from the master.
+func (c *Clone) heardNow(bulk bool) {
+	c.mu.Lock()
+	c.heard, c.bulk = time.Now(), bulk
+	c.mu.Unlock()
 }
 
 type session struct {
@@ -194,6 +285,9 @@ func (s *session) readData(get func(int) []byte) (wire.Frame, wire.FileData, err
 	_ = s.conn.SetReadDeadline(time.Now().Add(bulkTimeout))
 	f, d, b, err := s.open.ReadDataFrame(s.r, s.conn, wire.MaxPayload, s.buf, get)
 	s.buf = b
+	if err == nil {
+		s.c.heardNow(true)
+	}
 	return f, d, err
 }
 
@@ -214,6 +308,9 @@ func (s *session) read(limit int) (wire.Frame, error) {
 		f, b, err = wire.ReadFrame(s.r, limit, s.buf)
 	}
 	s.buf = b
+	if err == nil {
+		s.c.heardNow(s.bulk)
+	}
 	return f, err
 }
 
@@ -224,6 +321,11 @@ func (c *Clone) runSession(ctx context.Context) error {
 	if !resumable {
 		// Verify our own disk before talking to the master: this is what
 		// repairs a clone that crashed in the middle of applying a change.
+		// The scan is our own work, not the master's silence.
+		c.mu.Lock()
+		c.bulk = true
+		c.mu.Unlock()
+		defer c.heardNow(false)
 		local, err := tree.Scan(ctx, c.cfg.Root, tree.ScanOptions{Prev: c.local, OnError: func(p string, err error) {
 			c.log.Warn("cannot read local file, it will be replaced", "path", p, "error", err)
 		}})
@@ -409,10 +511,14 @@ func (s *session) initialSync(ctx context.Context, f wire.Frame) error {
 		master = map[string]*tree.Entry{}
 	}
 	c.log.Info("manifest received", "entries", len(master), "seq", snap)
+	c.mu.Lock()
+	prev := c.st.Position // what the copy holds now (never less than recorded)
+	c.mu.Unlock()
+	prevSynced := c.cfg.State.Get().Synced
 	// From here the tree is changed toward the manifest: until the sync
 	// completes it is a mix of two positions, not a copy anyone may be
 	// promoted with, even after a crash. Say so durably first.
-	if c.cfg.State.Get().Synced {
+	if prevSynced {
 		if err := c.cfg.State.Update(func(st *State) { st.Synced = false }); err != nil {
 			return applyError{err}
 		}
@@ -420,7 +526,7 @@ func (s *session) initialSync(ctx context.Context, f wire.Frame) error {
 	c.mu.Lock()
 	c.st.Synced = false
 	c.mu.Unlock()
-	p, err := c.reconcileLocal(master, s.term)
+	p, err := c.reconcileLocal(master, s.term, aside(prev, prevSynced, s.term, c.cfg.Base))
 	if err != nil {
 		return applyError{err}
 	}
@@ -475,6 +581,7 @@ func (s *session) initialSync(ctx context.Context, f wire.Frame) error {
 	}
 	c.mu.Lock()
 	c.st.Position, c.st.Synced = pos, true
+	c.recorded = pos
 	c.st.MasterSeq = max(c.st.MasterSeq, snap)
 	c.st.Progress.Done = true
 	c.st.Progress.BytesDone = c.st.Progress.BytesTotal
@@ -503,14 +610,34 @@ func (c *Clone) progress(force bool) {
 	}
 }
 
+// aside tells whether a complete copy at prev holds data that a master of term, started from
+// base, does not: prev lies beyond base in base's own term (this copy was more advanced than
+// the clone promoted instead of it). It returns the lost+found folder name for it, or "".
+//
+// Only the same-term case is decided here: a copy of a term older than base's would need the
+// start of every term in between to be judged; those are a former master's case (below) or a
+// copy that slept through a whole term, whose data is overwritten as before.
+func aside(prev Position, synced bool, term uint64, base Position) string {
+	if !synced || base == (Position{}) || prev.Term >= term || prev.Term != base.Term || prev.Seq <= base.Seq {
+		return ""
+	}
+	return fmt.Sprintf("term%d-seq%d-beyond-seq%d", prev.Term, prev.Seq, base.Seq)
+}
+
 // reconcileLocal makes the local tree's structure match the manifest
 // (moving divergent data aside first if this node was master in an older
-// term) and returns the block requests for file content.
-func (c *Clone) reconcileLocal(master map[string]*tree.Entry, term uint64) (*plan, error) {
+// term, or holds positions beyond the master's start: beyond names the
+// folder) and returns the block requests for file content.
+func (c *Clone) reconcileLocal(master map[string]*tree.Entry, term uint64, beyond string) (*plan, error) {
 	local := c.local
 	st := c.cfg.State.Get()
-	if st.Role == "master" && st.MasterTerm < term {
-		dest := fmt.Sprintf("%s/term%d-%s", tree.LostFound, st.MasterTerm, time.Now().UTC().Format("20060102T150405.000Z"))
+	former := st.Role == "master" && st.MasterTerm < term
+	if former || beyond != "" {
+		name := fmt.Sprintf("term%d", st.MasterTerm)
+		if beyond != "" {
+			name = beyond
+		}
+		dest := fmt.Sprintf("%s/%s-%s", tree.LostFound, name, time.Now().UTC().Format("20060102T150405.000Z"))
 		moved := 0
 		skip := "\x00" // descendants of what was just moved come right after it
 		for _, l := range tree.Sorted(local) {
@@ -532,7 +659,11 @@ func (c *Clone) reconcileLocal(master map[string]*tree.Entry, term uint64) (*pla
 			delete(local, l.Path)
 		}
 		if moved > 0 {
-			c.log.Warn("former master: divergent data moved aside", "entries", moved, "dir", dest)
+			what := "former master"
+			if beyond != "" {
+				what = "copy beyond the new master's start"
+			}
+			c.log.Warn(what+": divergent data moved aside", "entries", moved, "dir", dest)
 		}
 	}
 	// Deletes, top level only. Entries below a deleted name are never looked
@@ -666,13 +797,20 @@ func (s *session) stream(ctx context.Context) error {
 	c.mu.Unlock()
 	c.cfg.Metrics.Healthy.Set(1)
 	c.updateCaughtUp()
-	var unacked bool
+	// A resumed session may hold ops applied before the last one broke, not yet synced and
+	// recorded: those are acknowledged only through the path below.
+	c.mu.Lock()
+	unacked := c.st.Position != c.recorded
+	c.mu.Unlock()
 	for ctx.Err() == nil {
 		if unacked && s.r.Buffered() == 0 {
 			if err := c.ap.Sync(); err != nil {
 				return applyError{err}
 			}
 			pos := c.Status().Position
+			if err := c.record(pos); err != nil {
+				return err
+			}
 			if err := s.send(wire.TAck, pos.Seq, nil); err != nil {
 				return err
 			}

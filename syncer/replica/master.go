@@ -77,6 +77,10 @@ type Master struct {
 	listenErr, failed error
 	pre               preAuth
 	stopOnce          sync.Once
+	// acked is the highest position of this term any clone has acknowledged (applied,
+	// synced and recorded), whether or not it is still connected: the high-water mark the
+	// election publishes (see lease/highwater.go).
+	acked Position
 }
 
 // NewMaster prepares a master; Run starts it.
@@ -158,6 +162,15 @@ func (m *Master) Position() Position {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return Position{Term: m.cfg.Term, Seq: m.head}
+}
+
+// HighWater is the highest position of this term that a clone has acknowledged: a clone
+// acknowledges only what it applied, synced and recorded, so a copy at this position exists
+// outside this master. Zero until the first acknowledgement.
+func (m *Master) HighWater() Position {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.acked
 }
 
 // Fenced reports whether a newer term was seen.
@@ -502,6 +515,9 @@ type cloneConn struct {
 	// handshake (wire/secure.go); seal under wmu, open by the reader.
 	seal *wire.Sealer
 	open *wire.Opener
+	// reads remembers what this connection sent of each file and when the read began (see
+	// sentReads); only the stream goroutine touches it.
+	reads sentReads
 	// this clone's series
 	bytesSent, filesSent prometheus.Counter
 }
@@ -752,6 +768,9 @@ func (c *cloneConn) ack(f wire.Frame) {
 	m.mu.Lock()
 	if f.Term == m.cfg.Term && f.Seq <= m.head && f.Seq >= c.acked.Seq {
 		c.acked = Position{Term: f.Term, Seq: f.Seq}
+		if m.acked.Less(c.acked) {
+			m.acked = c.acked
+		}
 	}
 	lag := m.head - c.acked.Seq
 	m.mu.Unlock()
@@ -800,7 +819,7 @@ func (c *cloneConn) initialSync(ctx context.Context, reqs <-chan wire.Request) e
 			return fmt.Errorf("clone requested %q, which is not a file of the manifest", rq.Path)
 		}
 		c.wmu.Lock()
-		err := c.sendFile(s, rq.Path, rq.Ranges, rq.KnownBlocks, rq.Whole)
+		err := c.sendFile(s, rq.Path, rq.Ranges, rq.KnownBlocks, rq.Whole, nil)
 		if err == nil && len(reqs) == 0 {
 			err = c.flush()
 		}
@@ -894,8 +913,15 @@ func metaOf(e *tree.Entry) wire.Meta {
 
 func (c *cloneConn) sendOp(o *op) error {
 	switch o.kind {
+	case wire.TDelete, wire.TSymlink, wire.TMkdir:
+		c.reads.forget(o.path) // what was sent went to a file that is gone
+	case wire.TRename:
+		c.reads.forget(o.path)
+		c.reads.forget(o.to)
+	}
+	switch o.kind {
 	case wire.TFileBegin:
-		return c.sendFile(o.seq, o.path, o.ranges, o.known, o.whole)
+		return c.sendFile(o.seq, o.path, o.ranges, o.known, o.whole, o)
 	case wire.TMkdir, wire.TMeta:
 		m := metaOf(o.entry)
 		return c.send(o.kind, o.seq, m.Marshal())
@@ -912,8 +938,11 @@ func (c *cloneConn) sendOp(o *op) error {
 
 // sendFile sends the requested blocks of a file as it is now, plus any
 // blocks past known (the file grew). A file that vanished is reported gone;
-// the op that removed it follows.
-func (c *cloneConn) sendFile(seq uint64, name string, ranges []wire.Range, known uint64, whole bool) error {
+// the op that removed it follows. For a live op (o set), blocks this
+// connection already sent from a read that began after o was cut are left
+// out: that data is already newer than o (see sentReads).
+func (c *cloneConn) sendFile(seq uint64, name string, ranges []wire.Range, known uint64, whole bool, o *op) error {
+	readAt := time.Now() // before the open: every byte read below is at least this recent
 	f, err := c.m.open.Open(name)
 	var fi os.FileInfo
 	if err == nil {
@@ -926,15 +955,21 @@ func (c *cloneConn) sendFile(seq uint64, name string, ranges []wire.Range, known
 		}
 	}
 	if err != nil {
+		c.reads.forget(name)
 		return c.send(wire.TFileGone, seq, (&wire.PathMsg{Path: name}).Marshal())
 	}
 	defer f.Close()
 	e := tree.FromInfo(name, fi)
 	nb := uint64(tree.Blocks(e.Size))
 	if whole {
+		// The clone builds a new file from what this op sends: it needs every block.
+		c.reads.forget(name)
 		ranges = []wire.Range{{Start: 0, Count: nb}}
 	} else if nb > known {
 		ranges = append(append([]wire.Range(nil), ranges...), wire.Range{Start: known, Count: nb - known})
+	}
+	if o != nil && !whole {
+		ranges = c.reads.uncovered(name, ranges, o.at)
 	}
 	begin := wire.FileBegin{Path: name, Size: e.Size, Mode: uint32(e.Mode), MtimeNs: e.MtimeNs, UID: e.UID, GID: e.GID, Whole: whole}
 	if err := c.send(wire.TFileBegin, seq, begin.Marshal()); err != nil {
@@ -950,6 +985,9 @@ func (c *cloneConn) sendFile(seq uint64, name string, ranges []wire.Range, known
 		fd := wire.FileData{Offset: off, Hashes: hashes, Data: data}
 		c.hdr = fd.AppendHeader(c.hdr[:0])
 		sent += int64(len(data))
+		if full := uint64(len(data) / tree.BlockSize); full > 0 { // the last, partial block may grow
+			c.reads.remember(name, readAt, wire.Range{Start: uint64(off / tree.BlockSize), Count: full})
+		}
 		return c.seal.WriteFrameParts(c.w, wire.TFileData, c.m.cfg.Term, seq, c.hdr, data)
 	})
 	if err != nil {
@@ -965,6 +1003,109 @@ func (c *cloneConn) sendFile(seq uint64, name string, ranges []wire.Range, known
 	c.bytesSent.Add(float64(sent))
 	c.filesSent.Inc()
 	return nil
+}
+
+// sentReads makes a connection send each block of a growing file once per change, not once
+// per op. A clone that lags receives a burst of ops for one file (each growth of a log or a
+// database is an op naming the new blocks, and every op also carries whatever lies past the
+// size it saw); each is sent by reading the file as it is NOW. Before, a 32 MiB file written
+// during a one-second stall was sent twelve times over (383 MB).
+//
+// The rule: an op o describes a change made before o was cut (o.at). Data read from a read
+// that began after o.at already includes that change (or a later one), so a block this
+// connection sent from such a read need not be sent again for o. A later change of the block
+// is cut into a later op, after the read, and is sent with it. Only full blocks count as sent
+// (the last, partial block may grow); a whole-file op (the clone builds a new file), a rename,
+// a delete or a type change forgets the path, since what was sent went into another file.
+// Reads that began before the op being sent can never cover it or any later op (ops are sent
+// in order, o.at never decreases) and are dropped as they are met.
+type sentReads map[string][]sentRead
+
+// sentRead is one send of a file's blocks and when the read began.
+type sentRead struct {
+	at     time.Time
+	ranges []wire.Range
+}
+
+// maxSentPaths bounds the memory of sentReads: past it, reads too old to cover the current op
+// are swept from every path.
+const maxSentPaths = 4096
+
+func (r *sentReads) forget(name string) {
+	for k := range *r {
+		if tree.Under(k, name) {
+			delete(*r, k)
+		}
+	}
+}
+
+// remember records blocks rg as sent from a read that began at at.
+func (r *sentReads) remember(name string, at time.Time, rg wire.Range) {
+	if *r == nil {
+		*r = make(sentReads)
+	}
+	reads := (*r)[name]
+	if k := len(reads) - 1; k >= 0 && reads[k].at.Equal(at) {
+		reads[k].ranges = append(reads[k].ranges, rg)
+		return
+	}
+	(*r)[name] = append(reads, sentRead{at: at, ranges: []wire.Range{rg}})
+}
+
+// uncovered returns the blocks of ranges not sent from a read that began after since.
+func (r *sentReads) uncovered(name string, ranges []wire.Range, since time.Time) []wire.Range {
+	if len(*r) > maxSentPaths {
+		for k, reads := range *r {
+			if reads = dropBefore(reads, since); len(reads) == 0 {
+				delete(*r, k)
+			} else {
+				(*r)[k] = reads
+			}
+		}
+	}
+	reads := dropBefore((*r)[name], since)
+	if len(reads) == 0 {
+		delete(*r, name)
+		return ranges
+	}
+	(*r)[name] = reads
+	var cov []wire.Range
+	for _, rd := range reads {
+		cov = append(cov, rd.ranges...)
+	}
+	sort.Slice(cov, func(i, j int) bool { return cov[i].Start < cov[j].Start })
+	var out []wire.Range
+	for _, rg := range ranges {
+		start, end := rg.Start, rg.Start+rg.Count
+		for _, cv := range cov {
+			if start >= end {
+				break
+			}
+			cs, ce := cv.Start, cv.Start+cv.Count
+			if ce <= start || cs >= end {
+				continue
+			}
+			if cs > start {
+				out = append(out, wire.Range{Start: start, Count: cs - start})
+			}
+			start = max(start, ce)
+		}
+		if start < end {
+			out = append(out, wire.Range{Start: start, Count: end - start})
+		}
+	}
+	return out
+}
+
+// dropBefore keeps the reads that began after since.
+func dropBefore(reads []sentRead, since time.Time) []sentRead {
+	kept := reads[:0]
+	for _, rd := range reads {
+		if rd.at.After(since) {
+			kept = append(kept, rd)
+		}
+	}
+	return kept
 }
 
 // readBlocks reads the block ranges of f (of size bytes when opened) in

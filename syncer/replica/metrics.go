@@ -21,6 +21,7 @@ type Metrics struct {
 	Seq           prometheus.Gauge
 	CaughtUp      prometheus.Gauge
 	Healthy       prometheus.Gauge
+	Silence       prometheus.Gauge
 	InitBytes     prometheus.Gauge
 	InitBytesTot  prometheus.Gauge
 	InitFiles     prometheus.Gauge
@@ -53,6 +54,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Seq:           prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "position_seq", Help: "Replication sequence (master: head; clone: applied)."}),
 		CaughtUp:      prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "caught_up", Help: "1 when this clone has applied everything the master announced."}),
 		Healthy:       prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "healthy", Help: "0 when the last apply or connection failed."}),
+		Silence:       prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "master_silence_seconds", Help: "Seconds since this clone last received anything from its master (0 during an initial sync)."}),
 		InitBytes:     prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "initial_sync_bytes_done", Help: "Initial sync progress."}),
 		InitBytesTot:  prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "initial_sync_bytes_total", Help: "Initial sync size."}),
 		InitFiles:     prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "initial_sync_files_done", Help: "Initial sync progress."}),
@@ -68,7 +70,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.BytesSent, m.FilesSent, m.WireSent, m.LagSeq, m.LagSeconds, m.Ops, m.Unreadable, m.Rescans,
-			m.Overflows, m.AuthFailures, m.BytesReceived, m.ApplyErrors, m.Term, m.Seq, m.CaughtUp, m.Healthy,
+			m.Overflows, m.AuthFailures, m.BytesReceived, m.ApplyErrors, m.Term, m.Seq, m.CaughtUp, m.Healthy, m.Silence,
 			m.InitBytes, m.InitBytesTot, m.InitFiles, m.InitFilesTot, m.AcceptErrors, m.PreAuthRefused, m.ListenerUp, m.Unreplicable)
 	}
 	return m

@@ -317,12 +317,12 @@ func (e *gateEvents) observe(now time.Time, st announce.Status) []string {
 		e.masterTerm, e.stopPending, e.lastMsg = 0, false, s.Message
 	}
 	if s.Role == announce.RoleClone && s.MasterAddr != "" {
-		// The syncer's own word on a clone (not receiving from the master, not promotable,
-		// the group waiting for a caught-up clone) is told; its routine "following ..."
-		// is told by following, with the lag.
+		// The syncer's warnings on a clone (not receiving from the master, not promotable,
+		// the group waiting for a caught-up clone) are told; its routine messages are not:
+		// following tells the role and the lag.
 		if s.Message != e.lastMsg {
 			e.lastMsg = s.Message
-			if s.Message != "" && !strings.HasPrefix(s.Message, "following ") {
+			if announce.Warning(s.Message) {
 				out = append(out, capitalize(s.Message))
 			}
 		}

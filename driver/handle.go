@@ -215,9 +215,11 @@ func (h *taskHandle) recordExit(ctx context.Context) {
 		if err == nil && info.State != nil && info.State.ExitCode == 137 && !info.State.OOMKilled && !h.killedByUs.Load() &&
 			!h.engineDeliveredKill(ctx, info.State.StartedAt) {
 			// The engine may handle the kernel's OOM event after the exit
-			// event (seen with 20.10 under load): give it a moment to
-			// flag the container before reporting a plain SIGKILL.
-			for i := 0; i < 15 && ctx.Err() == nil; i++ {
+			// event (seen with 20.10 under load, later than 1.5 s): give it
+			// up to 5 s to flag the container before reporting a plain
+			// SIGKILL. Nothing waits on this but Nomad's view of the exit:
+			// a gated app's failure and a syncer's release are told first.
+			for i := 0; i < 50 && ctx.Err() == nil; i++ {
 				time.Sleep(100 * time.Millisecond)
 				ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
 				again, ierr := cli.ContainerInspect(ictx, h.containerID)

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -121,6 +122,30 @@ type State struct {
 	// Notice is a standing warning about how the syncer runs (e.g. "Consul refused the 3s
 	// session TTL ..."), told once as a task event; it survives every Set (SetNotice).
 	Notice string
+}
+
+// The syncer's warnings a clone announces as its Message, which the driver tells as task events
+// (its routine messages, "following ..." and the like, it does not: the role and the lag say it).
+const (
+	// MsgNotReceiving starts the warning of a clone that hears nothing from its master.
+	MsgNotReceiving = "not receiving from the master"
+	// MsgReceivingAgain is announced when it hears from it again.
+	MsgReceivingAgain = "receiving from the master again"
+	// MsgStalled starts the warning that no candidate holds what the last master published:
+	// the group waits rather than promote stale data.
+	MsgStalled = "no master can be elected without losing data: "
+	// MsgNotPromotable starts the warning that this instance may not be promoted, and why.
+	MsgNotPromotable = "not promotable: "
+)
+
+// Warning tells whether msg is one of the syncer's warnings (see MsgNotReceiving).
+func Warning(msg string) bool {
+	for _, p := range []string{MsgNotReceiving, MsgReceivingAgain, MsgStalled, MsgNotPromotable} {
+		if strings.HasPrefix(msg, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // message is one JSON line. Every message carries the full state: a heartbeat is the latest

@@ -128,8 +128,8 @@ func (e *Elector) setMessage(choose func(announce.State) (string, bool)) {
 
 // The announced messages of decided; the driver can match them to raise task events.
 const (
-	stalledPrefix       = "no master can be elected without losing data: "
-	notPromotablePrefix = "not promotable: "
+	stalledPrefix       = announce.MsgStalled
+	notPromotablePrefix = announce.MsgNotPromotable
 )
 
 // WarningReporter is optionally implemented by Local: a problem of the local
@@ -143,8 +143,8 @@ type WarningReporter interface {
 // NotReceiving starts the warning of a clone that hears nothing from its
 // master; receivingAgain is announced when it hears from it again.
 const (
-	NotReceiving   = "not receiving from the master"
-	receivingAgain = "receiving from the master again"
+	NotReceiving   = announce.MsgNotReceiving
+	receivingAgain = announce.MsgReceivingAgain
 )
 
 // refreshWarning announces the local warning as the message (a decision

@@ -74,7 +74,10 @@ func TestOrderedWorkloadEveryPrefix(t *testing.T) {
 
 	// The atomic-save pattern.
 	var tmp *os.File
-	r.do("create tmp", func() (err error) { tmp, err = os.OpenFile(r.p("e/.A.tmp"), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640); return err })
+	r.do("create tmp", func() (err error) {
+		tmp, err = os.OpenFile(r.p("e/.A.tmp"), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+		return err
+	})
 	r.do("write tmp", func() error { _, err := tmp.Write([]byte("AAAA5")); return err })
 	r.do("fsync tmp", tmp.Sync)
 	r.do("close tmp", tmp.Close)

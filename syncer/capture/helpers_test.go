@@ -1,7 +1,6 @@
 package capture
 
 import (
-	"context"
 	"fmt"
 	"io/fs"
 	"os"
@@ -133,9 +132,17 @@ func changed(a, b snap) map[string]bool {
 func replayFresh(t testing.TB, ops []Op) snap {
 	t.Helper()
 	dir := t.TempDir()
-	if err := Replay(context.Background(), dir, ops); err != nil {
-		t.Fatalf("replay of %d ops: %v", len(ops), err)
+	rp, err := NewReplayer(dir)
+	if err != nil {
+		t.Fatal(err)
 	}
+	rp.NoSync = true // the prefixes are compared, not kept
+	for i, op := range ops {
+		if err := rp.Apply(op); err != nil {
+			t.Fatalf("replay op %d of %d: %v", i+1, len(ops), err)
+		}
+	}
+	rp.Close()
 	s := snapshot(t, dir)
 	os.RemoveAll(dir)
 	return s

@@ -238,7 +238,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	if err := statx(unix.AT_FDCWD, abs, unix.AT_SYMLINK_NOFOLLOW, &st, &bt); err != nil {
 		return nil, gofs.ToErrno(err)
 	}
-	out.Attr.FromStat(&st)
+	out.FromStat(&st)
 	return n.newChild(ctx, name, &st, &bt), 0
 }
 
@@ -379,7 +379,7 @@ func (n *node) mkentry(ctx context.Context, name, rel, abs string, op Op, out *f
 	}
 	op.Path, op.Mode, op.UID, op.GID = rel, st.Mode, st.Uid, st.Gid
 	n.fsys.appendOp(op)
-	out.Attr.FromStat(&st)
+	out.FromStat(&st)
 	return n.newChild(ctx, name, &st, &bt), 0
 }
 
@@ -453,7 +453,7 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 		return nil, gofs.ToErrno(err)
 	}
 	f.appendOp(Op{Kind: OpLink, Path: from, To: rel})
-	out.Attr.FromStat(&st)
+	out.FromStat(&st)
 	return n.newChild(ctx, name, &st, &bt), 0
 }
 

@@ -53,6 +53,9 @@ type Options struct {
 	// container running as another uid needs it). Permissions are checked
 	// by the kernel against the file modes (default_permissions).
 	AllowOther bool
+	// KernelPermissions off (NoDefaultPermissions) leaves permission checks
+	// to the backing syscalls, which run as root: only for measurement.
+	NoDefaultPermissions bool
 	// Debug logs every FUSE request.
 	Debug bool
 }
@@ -107,13 +110,17 @@ func Mount(backing, mountpoint string, j Journal, opt Options) (*Server, error) 
 		DirectMountStrict: true,
 		DisableXAttrs:     !opt.Xattrs,
 		AllowOther:        opt.AllowOther,
-		Options:           []string{"default_permissions"},
 		Debug:             opt.Debug,
 		// Passthrough would let the kernel write to the backing file
 		// without telling us; file does not offer a passthrough fd
 		// either, this is a second lock on that door.
 		DisabledCapabilities: fuse.CAP_PASSTHROUGH,
 		Logger:               log.New(os.Stderr, "capture: ", 0),
+	}
+	if !opt.NoDefaultPermissions {
+		// The kernel checks modes and owners against the caller, as on
+		// a plain directory: the server itself runs as root.
+		mo.Options = append(mo.Options, "default_permissions")
 	}
 	if opt.Writeback {
 		mo.ExtraCapabilities |= fuse.CAP_WRITEBACK_CACHE
@@ -124,9 +131,17 @@ func Mount(backing, mountpoint string, j Journal, opt Options) (*Server, error) 
 		AttrTimeout:     &timeout,
 		NegativeTimeout: &timeout,
 	}
+	dev, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("capture: %w: %w (the container needs --device /dev/fuse)", errUnusable, err)
+	}
+	dev.Close()
 	srv, err := gofs.Mount(mp, f.rootNode, fo)
 	if err != nil {
-		return nil, fmt.Errorf("capture: mount %s: %w (%w)", mp, err, errUnusable)
+		if errors.Is(err, syscall.EPERM) {
+			err = fmt.Errorf("%w: %w (mounting needs CAP_SYS_ADMIN)", errUnusable, err)
+		}
+		return nil, fmt.Errorf("capture: mount %s: %w", mp, err)
 	}
 	return &Server{fs: f, srv: srv, mountpoint: mp}, nil
 }

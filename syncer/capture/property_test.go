@@ -105,7 +105,7 @@ func runInterleaving(t *testing.T, chooser func(g int) func(n int) int, steps in
 				before := j.Len()
 				var f *os.File
 				var err error
-				what := ""
+				var what string
 				switch {
 				case op == 9 && h != nil:
 					err, what = h.Sync(), "fsync handle"

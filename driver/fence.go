@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/announce"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/lease"
 )
 
@@ -148,7 +149,7 @@ func (h *taskHandle) syncerWatchdog(ctx context.Context, period time.Duration) {
 			return
 		case now := <-tick.C:
 			st := gate.Status(now)
-			if !st.Connected || st.ReceivedAt.IsZero() || st.State.Role != announce.RoleMaster {
+			if !st.Connected || st.ReceivedAt.IsZero() || st.State.Role != core.RoleMaster {
 				continue
 			}
 			silent := now.Sub(st.ReceivedAt)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/announce"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 )
 
 // Gating: in an allocation with a syncer task, the app's container runs
@@ -272,7 +273,7 @@ func (e *gateEvents) failed(term uint64) string {
 // stopped is the event for the app stopped because the gate closed; ""
 // when the syncer announced another role: observe tells the demotion.
 func (e *gateEvents) stopped(now time.Time, st announce.Status) string {
-	if fresh(now, st) && st.State.Role != announce.RoleMaster {
+	if fresh(now, st) && st.State.Role != core.RoleMaster {
 		e.stopPending = true
 		return ""
 	}
@@ -299,7 +300,7 @@ func (e *gateEvents) observe(now time.Time, st announce.Status) []string {
 			out = append(out, capitalize(s.Notice))
 		}
 	}
-	if s.Role == announce.RoleMaster {
+	if s.Role == core.RoleMaster {
 		e.masterTerm, e.stopPending = s.Term, false
 		e.follow, e.followTerm = "", 0
 		return out
@@ -316,7 +317,7 @@ func (e *gateEvents) observe(now time.Time, st announce.Status) []string {
 		out = append(out, msg)
 		e.masterTerm, e.stopPending, e.lastMsg = 0, false, s.Message
 	}
-	if s.Role == announce.RoleClone && s.MasterAddr != "" {
+	if s.Role == core.RoleClone && s.MasterAddr != "" {
 		// The syncer's warnings on a clone (not receiving from the master, not promotable,
 		// the group waiting for a caught-up clone) are told; its routine messages are not:
 		// following tells the role and the lag.

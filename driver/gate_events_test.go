@@ -13,6 +13,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/announce"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 )
 
 // eventClock feeds gateEvents synthetic gate views on a fake clock.
@@ -23,7 +24,7 @@ type eventClock struct {
 }
 
 func (c *eventClock) status(s announce.State) announce.Status {
-	return announce.Status{State: s, Connected: true, ReceivedAt: c.now, Open: s.Role == announce.RoleMaster}
+	return announce.Status{State: s, Connected: true, ReceivedAt: c.now, Open: s.Role == core.RoleMaster}
 }
 
 // see advances the clock by d, shows the state, and checks the events.
@@ -40,13 +41,13 @@ func (c *eventClock) see(d time.Duration, s announce.State, want ...string) {
 }
 
 func following(addr string, term uint64, lag uint64) announce.State {
-	return announce.State{Role: announce.RoleClone, Term: term, MasterAddr: addr, CaughtUp: true, Lag: lag,
+	return announce.State{Role: core.RoleClone, Term: term, MasterAddr: addr, CaughtUp: true, Lag: lag,
 		Message: "following " + addr}
 }
 
 func syncing(addr string, term uint64, done, total int64) announce.State {
-	return announce.State{Role: announce.RoleClone, Term: term, MasterAddr: addr,
-		Progress: &announce.Progress{BytesDone: done, BytesTotal: total}, Message: "initial sync"}
+	return announce.State{Role: core.RoleClone, Term: term, MasterAddr: addr,
+		Progress: &core.Progress{BytesDone: done, BytesTotal: total}, Message: "initial sync"}
 }
 
 // TestGateEventSequence walks one instance through a clone's life, a
@@ -56,8 +57,8 @@ func TestGateEventSequence(t *testing.T) {
 	c := &eventClock{t: t, now: time.Unix(0, 0)}
 	const a, b = "127.0.0.3:2345", "127.0.0.4:2345"
 
-	c.see(0, announce.State{Role: announce.RoleCandidate, Message: "waiting for the election"}, "Waiting for the election")
-	c.see(time.Second, announce.State{Role: announce.RoleCandidate, Message: "waiting for the election"})
+	c.see(0, announce.State{Role: core.RoleCandidate, Message: "waiting for the election"}, "Waiting for the election")
+	c.see(time.Second, announce.State{Role: core.RoleCandidate, Message: "waiting for the election"})
 
 	// A new clone: "Following" waits for a quick initial sync, this one is long.
 	c.see(time.Second, syncing(a, 3, 0, 1000))
@@ -95,11 +96,11 @@ func TestGateEventSequence(t *testing.T) {
 	if got := c.ev.started(4); got != "Elected master (term 4): app started" {
 		t.Fatalf("started: %q", got)
 	}
-	c.see(0, announce.State{Role: announce.RoleMaster, Term: 4, Message: "elected master (term 4)"})
-	c.see(time.Second, announce.State{Role: announce.RoleMaster, Term: 4, Position: announce.Position{Term: 4, Seq: 9}})
+	c.see(0, announce.State{Role: core.RoleMaster, Term: 4, Message: "elected master (term 4)"})
+	c.see(time.Second, announce.State{Role: core.RoleMaster, Term: 4, Position: core.Position{Term: 4, Seq: 9}})
 
 	// Stepping down: the stop is told as the demotion.
-	down := announce.State{Role: announce.RoleClone, Term: 4, Message: "stepping down"}
+	down := announce.State{Role: core.RoleClone, Term: 4, Message: "stepping down"}
 	c.now = c.now.Add(time.Second)
 	if got := c.ev.stopped(c.now, c.status(down)); got != "" {
 		t.Fatalf("stopped on a demotion: %q, want nothing (observe tells it)", got)
@@ -111,8 +112,8 @@ func TestGateEventSequence(t *testing.T) {
 
 	// Promoted again, then the lease is lost while the syncer lives on.
 	c.ev.started(6)
-	c.see(time.Second, announce.State{Role: announce.RoleMaster, Term: 6})
-	lost := announce.State{Role: announce.RoleClone, Term: 6, Message: "demoted: lost the lease: session invalidated"}
+	c.see(time.Second, announce.State{Role: core.RoleMaster, Term: 6})
+	lost := announce.State{Role: core.RoleClone, Term: 6, Message: "demoted: lost the lease: session invalidated"}
 	c.ev.stopped(c.now, c.status(lost))
 	c.see(time.Second, lost, "Demoted (term 6): app stopped (lost the lease: session invalidated)")
 	// A quick resync after a fail-over says one thing.
@@ -125,9 +126,9 @@ func TestGateEventSequence(t *testing.T) {
 func TestGateEventsStopReasons(t *testing.T) {
 	c := &eventClock{t: t, now: time.Unix(0, 0)}
 	c.ev.started(3)
-	c.see(0, announce.State{Role: announce.RoleMaster, Term: 3})
+	c.see(0, announce.State{Role: core.RoleMaster, Term: 3})
 	c.now = c.now.Add(time.Second)
-	silent := announce.Status{State: announce.State{Role: announce.RoleMaster, Term: 3}, Connected: true,
+	silent := announce.Status{State: announce.State{Role: core.RoleMaster, Term: 3}, Connected: true,
 		ReceivedAt: c.now.Add(-2 * time.Second), Reason: "syncer silent for 2s"}
 	if got := c.ev.stopped(c.now, silent); got != "App stopped: syncer silent for 2s" {
 		t.Fatalf("stopped: %q", got)
@@ -136,9 +137,9 @@ func TestGateEventsStopReasons(t *testing.T) {
 		t.Fatalf("a silent syncer's stale state told %q", got)
 	}
 	// The syncer restarts as a candidate: it is no longer master.
-	c.see(5*time.Second, announce.State{Role: announce.RoleCandidate, Message: "waiting for the election"},
+	c.see(5*time.Second, announce.State{Role: core.RoleCandidate, Message: "waiting for the election"},
 		"Demoted (term 3): app stopped (waiting for the election)")
-	c.see(time.Second, announce.State{Role: announce.RoleCandidate, Message: "waiting for the election"})
+	c.see(time.Second, announce.State{Role: core.RoleCandidate, Message: "waiting for the election"})
 }
 
 // fakeApp is a gated container without Docker.
@@ -224,7 +225,7 @@ func TestGateLoopEvents(t *testing.T) {
 	defer func() { cancel(); <-done }()
 
 	app.waitEvent(t, "Following "+a+" at lag 0")
-	ann.Set(announce.State{Role: announce.RoleMaster, Term: 3, Deadline: time.Now().Add(time.Minute), Message: "elected master (term 3)"})
+	ann.Set(announce.State{Role: core.RoleMaster, Term: 3, Deadline: time.Now().Add(time.Minute), Message: "elected master (term 3)"})
 	app.waitEvent(t, "Elected master (term 3): app started")
 	if !app.isRunning() {
 		t.Fatal("the app does not run on the master")
@@ -232,7 +233,7 @@ func TestGateLoopEvents(t *testing.T) {
 	// the gate reports the app running to the syncer
 	waitApp(t, ann, true)
 
-	ann.Set(announce.State{Role: announce.RoleClone, Term: 3, Message: "stepping down"})
+	ann.Set(announce.State{Role: core.RoleClone, Term: 3, Message: "stepping down"})
 	app.waitEvent(t, "Demoted (term 3): app stopped (stepping down)")
 	if app.isRunning() {
 		t.Fatal("the app runs on a clone")
@@ -247,7 +248,7 @@ func TestGateLoopEvents(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 
 	// Promoted, then the syncer dies: the gate's reason.
-	ann.Set(announce.State{Role: announce.RoleMaster, Term: 5, Deadline: time.Now().Add(time.Minute)})
+	ann.Set(announce.State{Role: core.RoleMaster, Term: 5, Deadline: time.Now().Add(time.Minute)})
 	app.waitEvent(t, "Elected master (term 5): app started")
 	_ = ann.Close()
 	app.waitEvent(t, "App stopped: no connection to the syncer")

@@ -10,6 +10,7 @@ import (
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin/harness"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/announce"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 )
 
 // gatedTask prepares an app task in an allocation that has a syncer: the
@@ -28,12 +29,12 @@ func gatedTask(t *testing.T, c *harness.Client, args string) (*harness.Task, *an
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = a.Close() })
-	a.Set(announce.State{Role: announce.RoleClone, Term: 1})
+	a.Set(announce.State{Role: core.RoleClone, Term: 1})
 	return task, a
 }
 
 func master(term uint64, valid time.Duration) announce.State {
-	return announce.State{Role: announce.RoleMaster, Term: term, Deadline: time.Now().Add(valid)}
+	return announce.State{Role: core.RoleMaster, Term: term, Deadline: time.Now().Add(valid)}
 }
 
 // waitRunning polls the container's state until it is want.
@@ -88,7 +89,7 @@ func TestGatedAppFollowsTheRole(t *testing.T) {
 	// Promotion starts it; demotion stops it within the stop budget.
 	a.Set(master(2, time.Minute))
 	t.Logf("started %v after promotion", waitRunning(t, task, true, 3*time.Second))
-	a.Set(announce.State{Role: announce.RoleClone, Term: 3})
+	a.Set(announce.State{Role: core.RoleClone, Term: 3})
 	if d := waitRunning(t, task, false, 3*time.Second); d > time.Second {
 		t.Errorf("demotion took %v to stop the app", d)
 	}
@@ -180,6 +181,6 @@ func TestGatedAppSurvivesPluginCrash(t *testing.T) {
 		t.Fatalf("the master's app was disturbed by the plugin crash: running=%v started %s -> %s", info.State.Running, before, info.State.StartedAt)
 	}
 	// The recovered gate still acts.
-	a.Set(announce.State{Role: announce.RoleClone, Term: 3})
+	a.Set(announce.State{Role: core.RoleClone, Term: 3})
 	waitRunning(t, task, false, 3*time.Second)
 }

@@ -3,6 +3,7 @@ package status
 import (
 	"sort"
 
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/lease"
 )
 
@@ -98,7 +99,7 @@ func assemble(name string, src sources) Group {
 	}
 
 	// the most advanced position known among the live instances
-	var ref lease.Position
+	var ref core.Position
 	for _, in := range all {
 		if in.Live && ref.Less(in.Position) {
 			ref = in.Position

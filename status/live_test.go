@@ -23,6 +23,7 @@ import (
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/consul"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin/harness"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/lease"
 )
 
@@ -481,11 +482,11 @@ func writeShop(t *testing.T, client *consulapi.Client) {
 	}
 	api := lease.KeyPrefix("", "default", "shop", "api")
 	s1, s2 := session(), session()
-	p := lease.Position{Term: 1, Seq: 4}
+	p := core.Position{Term: 1, Seq: 4}
 	put(lease.GroupLeaderKey(api), lease.Info{ID: "a1", Address: "10.0.0.1:7400", Position: p}, s1)
 	put(lease.GroupCandidatesPrefix(api)+"a1", lease.Info{ID: "a1", Address: "10.0.0.1:7400", Term: 1, Position: p, CaughtUp: true}, s1)
 	put(lease.GroupCandidatesPrefix(api)+"a2", lease.Info{ID: "a2", Address: "10.0.0.2:7400", Term: 1, Position: p, CaughtUp: true}, s2)
-	put(lease.GroupCandidatesPrefix(api)+"a3", lease.Info{ID: "a3", Address: "10.0.0.3:7400", Term: 1, Position: lease.Position{Term: 1, Seq: 2}}, "")
+	put(lease.GroupCandidatesPrefix(api)+"a3", lease.Info{ID: "a3", Address: "10.0.0.3:7400", Term: 1, Position: core.Position{Term: 1, Seq: 2}}, "")
 	db := lease.KeyPrefix("", "default", "shop", "db")
 	put(lease.GroupLeaderKey(db), lease.Info{}, "")
 }

@@ -9,6 +9,7 @@
 package status
 
 import (
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/lease"
 )
 
@@ -69,9 +70,9 @@ type Role string
 // The roles of an instance row.
 const (
 	// RoleMaster holds the group's lock.
-	RoleMaster Role = "master"
+	RoleMaster = Role(core.RoleMaster)
 	// RoleClone has a live candidacy and does not hold the lock.
-	RoleClone Role = "clone"
+	RoleClone = Role(core.RoleClone)
 	// RoleDown left a candidacy whose session has ended (crashed process or
 	// lost node): it no longer counts, and its data may be behind.
 	RoleDown Role = "down"
@@ -105,7 +106,7 @@ type Instance struct {
 	// Position is the replication position the instance published; for the
 	// master, the most advanced position known in Consul (it is at least
 	// there: clones only hold what it sent them).
-	Position lease.Position `json:"position"`
+	Position core.Position `json:"position"`
 	// LagOps is how many operations the instance is behind the most advanced
 	// position of a live instance (the master's Position when there is a
 	// master); nil for the master itself and when the instance's position is

@@ -10,6 +10,7 @@ import (
 
 	consulapi "github.com/hashicorp/consul/api"
 
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/lease"
 )
 
@@ -104,9 +105,9 @@ func TestVerdictExitCodesAndJobVerdict(t *testing.T) {
 	}
 }
 
-func pos(term, seq uint64) lease.Position { return lease.Position{Term: term, Seq: seq} }
+func pos(term, seq uint64) core.Position { return core.Position{Term: term, Seq: seq} }
 
-func cand(id string, live bool, p lease.Position, caughtUp bool) lease.Candidate {
+func cand(id string, live bool, p core.Position, caughtUp bool) lease.Candidate {
 	return lease.Candidate{Live: live, Info: lease.Info{ID: id, Node: "node-" + id, Address: "10.0.0." + id + ":7000", Term: p.Term, Position: p, CaughtUp: caughtUp}}
 }
 

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 )
 
 // DefaultSecretEnv is where the per-job secret is expected, typically a
@@ -75,11 +77,11 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	log := hclog.New(&hclog.LoggerOptions{Name: "syncer", Level: hclog.LevelFromString(*level), JSONFormat: true, Output: stderr})
-	role := Role{Master: *master == "", Term: *term, MasterAddr: *master}
+	role := core.Assignment{Master: *master == "", Term: *term, MasterAddr: *master}
 	s, err := New(Config{
 		DataDir: *data, ListenAddr: *listen, Secret: []byte(secret), ID: *id, Roles: StaticRole(role),
 		MetricsAddr: *metrics, RescanInterval: *rescan, Logger: log, TLS: tlsCfg,
-		OnProgress: func(p Progress) { log.Info("initial sync progress", "progress", p.String(), "done", p.Done) },
+		OnProgress: func(p core.Progress) { log.Info("initial sync progress", "progress", p.String(), "done", p.Done) },
 	})
 	if err != nil {
 		fmt.Fprintln(stderr, err)

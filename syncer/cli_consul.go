@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/announce"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/election"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/lease"
 )
@@ -155,20 +156,20 @@ func mainConsul(ctx context.Context, args []string, stderr io.Writer) int {
 	}
 	defer func() { _ = ann.Close() }()
 
-	roles := &electedRoles{ch: make(chan Role, 1)}
+	roles := &electedRoles{ch: make(chan core.Assignment, 1)}
 	s, err := New(Config{
 		DataDir: *data, ListenAddr: *listen, Secret: []byte(secret), ID: *id, Roles: roles,
 		MetricsAddr: *metrics, Logger: log, TLS: syncTLS,
-		OnProgress: func(p Progress) {
+		OnProgress: func(p core.Progress) {
 			ann.Update(func(st *announce.State) {
-				if st.Role != announce.RoleClone {
+				if st.Role != core.RoleClone {
 					return
 				}
 				if p.Done {
 					st.Progress, st.Message = nil, "initial sync complete"
 					return
 				}
-				st.Progress = &announce.Progress{FilesTotal: p.FilesTotal, FilesDone: p.FilesDone, BytesTotal: p.BytesTotal, BytesDone: p.BytesDone}
+				st.Progress = &p
 				st.Message = "initial sync " + p.String()
 			})
 		},
@@ -199,8 +200,7 @@ func mainConsul(ctx context.Context, args []string, stderr io.Writer) int {
 			case <-runCtx.Done():
 				return
 			case r := <-el.Roles():
-				roles.send(Role{Master: r.Master, Term: r.Term, MasterAddr: r.MasterAddr,
-					Base: Position{Term: r.Base.Term, Seq: r.Base.Seq}})
+				roles.send(r)
 			}
 		}
 	}()
@@ -244,11 +244,11 @@ func mainConsul(ctx context.Context, args []string, stderr io.Writer) int {
 }
 
 // electedRoles adapts the elector's roles to the syncer's RoleSource.
-type electedRoles struct{ ch chan Role }
+type electedRoles struct{ ch chan core.Assignment }
 
-func (r *electedRoles) Roles(context.Context) <-chan Role { return r.ch }
+func (r *electedRoles) Roles(context.Context) <-chan core.Assignment { return r.ch }
 
-func (r *electedRoles) send(role Role) {
+func (r *electedRoles) send(role core.Assignment) {
 	for {
 		select {
 		case r.ch <- role:
@@ -272,21 +272,20 @@ func (l *localSyncer) Info() lease.Info {
 	st := l.s.Status()
 	return lease.Info{
 		ID: l.id, Node: l.node, Address: l.addr, Term: st.Term,
-		Position: lease.Position{Term: st.Position.Term, Seq: st.Position.Seq}, CaughtUp: st.Synced || st.Role == "master",
+		Position: st.Position, CaughtUp: st.Synced || st.Role == core.RoleMaster,
 	}
 }
 
 // HighWater is what a master publishes as the group's high-water mark: the
 // highest position of its term a clone acknowledged (election.HighWaterReporter).
-func (l *localSyncer) HighWater() lease.Position {
-	p := l.s.HighWater()
-	return lease.Position{Term: p.Term, Seq: p.Seq}
+func (l *localSyncer) HighWater() core.Position {
+	return l.s.HighWater()
 }
 
 // Warning says that a clone hears nothing from its master (election.WarningReporter).
 func (l *localSyncer) Warning() string {
 	st := l.s.Status()
-	if st.Role != "clone" || !st.Stalled {
+	if st.Role != core.RoleClone || !st.Stalled {
 		return ""
 	}
 	w := election.NotReceiving
@@ -299,7 +298,7 @@ func (l *localSyncer) Warning() string {
 // Lag is a synced clone's lag behind its master's head (election.LagReporter).
 func (l *localSyncer) Lag() (uint64, bool) {
 	st := l.s.Status()
-	if st.Role != "clone" || !st.Synced {
+	if st.Role != core.RoleClone || !st.Synced {
 		return 0, false
 	}
 	return st.Lag, true
@@ -310,7 +309,7 @@ func (l *localSyncer) Drain(ctx context.Context) error { return l.s.Drain(ctx) }
 
 func (l *localSyncer) Serving(term uint64) bool {
 	st := l.s.Status()
-	return st.Role == "master" && st.Term == term
+	return st.Role == core.RoleMaster && st.Term == term
 }
 
 // The instance's service registration carries two TTL checks that the
@@ -383,12 +382,12 @@ func (r *registration) checkID(i int) string {
 // viewOf derives the registration from the announced role, the gates'
 // reports on the app and the syncer's status.
 func viewOf(st announce.State, app announce.App, ss Status) instanceView {
-	v := instanceView{master: st.Role == announce.RoleMaster,
+	v := instanceView{master: st.Role == core.RoleMaster,
 		syncer: instanceCheck{status: api.HealthPassing}, app: instanceCheck{status: api.HealthPassing}}
 	switch {
 	case v.master:
 		v.syncer.output = fmt.Sprintf("master at term %d", st.Term)
-	case st.Role == announce.RoleClone && st.MasterAddr != "":
+	case st.Role == core.RoleClone && st.MasterAddr != "":
 		switch {
 		case st.CaughtUp:
 			v.syncer.output = fmt.Sprintf("clone following %s, lag %d", st.MasterAddr, st.Lag)
@@ -521,9 +520,9 @@ func (r *registration) setCheck(ctx context.Context, i int, c instanceCheck) err
 }
 
 func (r *registration) registerLocked(ctx context.Context, v instanceView) error {
-	tags := []string{"clone"}
+	tags := []string{string(core.RoleClone)}
 	if v.master {
-		tags = append([]string{"master"}, r.tags...)
+		tags = append([]string{string(core.RoleMaster)}, r.tags...)
 	}
 	ttl := checkTTL.String()
 	err := r.client.Agent().ServiceRegisterOpts(&api.AgentServiceRegistration{

@@ -19,6 +19,7 @@ import (
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/consul"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/announce"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 )
 
 type elected struct {
@@ -376,7 +377,7 @@ func TestMasterDNS(t *testing.T) {
 	term := n.gate.Status(time.Now()).State.Term
 	for start := time.Now(); ; time.Sleep(20 * time.Millisecond) {
 		st := last.gate.Status(time.Now()).State
-		if st.Role == announce.RoleClone && st.MasterAddr == n.addr && st.CaughtUp && st.Position.Term == term {
+		if st.Role == core.RoleClone && st.MasterAddr == n.addr && st.CaughtUp && st.Position.Term == term {
 			break
 		}
 		if time.Since(start) > 15*time.Second {

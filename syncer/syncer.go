@@ -23,41 +23,25 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/replica"
 )
-
-// Role is what this instance should be. Term is the fencing token (the
-// election lock's LockIndex); MasterAddr is where a clone finds the master;
-// Base, on a clone, is the position the master started its term from (zero
-// when unknown), to move aside whatever this copy holds beyond it.
-type Role struct {
-	Master     bool
-	Term       uint64
-	MasterAddr string
-	Base       Position
-}
 
 // RoleSource delivers role changes. The syncer follows the latest role it
 // received; a closed channel means "keep the current role until ctx ends".
 type RoleSource interface {
-	Roles(ctx context.Context) <-chan Role
+	Roles(ctx context.Context) <-chan core.Assignment
 }
 
 // StaticRole is a RoleSource that never changes (CLI flags, tests).
-type StaticRole Role
+type StaticRole core.Assignment
 
 // Roles sends the role once.
-func (r StaticRole) Roles(ctx context.Context) <-chan Role {
-	ch := make(chan Role, 1)
-	ch <- Role(r)
+func (r StaticRole) Roles(ctx context.Context) <-chan core.Assignment {
+	ch := make(chan core.Assignment, 1)
+	ch <- core.Assignment(r)
 	return ch
 }
-
-// Position is a replication position: everything up to Seq of Term.
-type Position = replica.Position
-
-// Progress is initial sync progress.
-type Progress = replica.Progress
 
 // CloneStatus is the master's view of one clone.
 type CloneStatus = replica.CloneStatus
@@ -81,7 +65,7 @@ type Config struct {
 	// Logger receives hclog logs.
 	Logger hclog.Logger
 	// OnProgress is told about initial sync progress, for task events.
-	OnProgress func(Progress)
+	OnProgress func(core.Progress)
 	// TLS, if set, wraps every replication connection in mutual TLS: the
 	// same config serves (Certificates, ClientCAs, ClientAuth) and dials
 	// (Certificates, RootCAs, ServerName). The secret handshake still runs
@@ -92,14 +76,14 @@ type Config struct {
 // Status is a point-in-time view for the driver, the election and humans.
 type Status struct {
 	ID       string        `json:"id"`
-	Role     string        `json:"role"` // "master", "clone", "idle", "fenced"
+	Role     core.Role     `json:"role"` // master, clone, idle or fenced
 	Term     uint64        `json:"term"`
-	Position Position      `json:"position"`
+	Position core.Position `json:"position"`
 	CaughtUp bool          `json:"caught_up"`
 	Synced   bool          `json:"synced"`
 	Healthy  bool          `json:"healthy"`
 	Error    string        `json:"error,omitempty"`
-	Progress Progress      `json:"initial_sync"`
+	Progress core.Progress `json:"initial_sync"`
 	Clones   []CloneStatus `json:"clones,omitempty"`
 	// MasterSeq is, on a clone, the master's head as last heard (handshake,
 	// live operations, heartbeats); Lag is how many operations the clone's
@@ -125,7 +109,7 @@ type Syncer struct {
 	metrics *replica.Metrics
 
 	mu     sync.Mutex
-	role   Role
+	role   core.Assignment
 	fenced bool
 	err    string
 	master *replica.Master
@@ -177,7 +161,7 @@ func (s *Syncer) Registry() *prometheus.Registry { return s.reg }
 // Position is this instance's replication position: the head a master has
 // produced or the last position a clone applied. The election publishes it
 // so the most caught-up clone is promoted.
-func (s *Syncer) Position() Position {
+func (s *Syncer) Position() core.Position {
 	s.mu.Lock()
 	m, c := s.master, s.clone
 	s.mu.Unlock()
@@ -211,12 +195,12 @@ func (s *Syncer) Drain(ctx context.Context) error {
 // HighWater is, on a master, the highest position of its term a clone has
 // acknowledged (zero otherwise): what the election publishes as the group's
 // high-water mark.
-func (s *Syncer) HighWater() Position {
+func (s *Syncer) HighWater() core.Position {
 	s.mu.Lock()
 	m := s.master
 	s.mu.Unlock()
 	if m == nil {
-		return Position{}
+		return core.Position{}
 	}
 	return m.HighWater()
 }
@@ -231,13 +215,13 @@ func (s *Syncer) Status() Status {
 	m, c, role, fenced, errs := s.master, s.clone, s.role, s.fenced, s.err
 	s.mu.Unlock()
 	durable := s.state.Get()
-	st := Status{ID: s.cfg.ID, Role: "idle", Term: max(role.Term, durable.Term), Healthy: errs == "", Error: errs}
+	st := Status{ID: s.cfg.ID, Role: core.RoleIdle, Term: max(role.Term, durable.Term), Healthy: errs == "", Error: errs}
 	switch {
 	case fenced:
-		st.Role = "fenced"
+		st.Role = core.RoleFenced
 		st.Position = s.state.Get().Position
 	case m != nil:
-		st.Role = "master"
+		st.Role = core.RoleMaster
 		st.Position = m.Position()
 		st.CaughtUp, st.Synced = true, true
 		st.Clones = m.Clones()
@@ -253,7 +237,7 @@ func (s *Syncer) Status() Status {
 		}
 	case c != nil:
 		cs := c.Status()
-		st.Role = "clone"
+		st.Role = core.RoleClone
 		st.Position = cs.Position
 		st.CaughtUp, st.Synced, st.Healthy = cs.CaughtUp, cs.Synced, cs.Healthy && errs == ""
 		st.Progress = cs.Progress
@@ -341,7 +325,7 @@ func (s *Syncer) setErr(err error) {
 	}
 }
 
-func (s *Syncer) runRole(ctx context.Context, r Role) {
+func (s *Syncer) runRole(ctx context.Context, r core.Assignment) {
 	s.mu.Lock()
 	s.role, s.fenced, s.err = r, false, ""
 	s.mu.Unlock()
@@ -352,7 +336,7 @@ func (s *Syncer) runRole(ctx context.Context, r Role) {
 	}()
 	st := s.state.Get()
 	if r.Term < st.Term {
-		err := fmt.Errorf("%w: asked to be %s in term %d, but term %d was seen", replica.ErrStaleTerm, roleName(r), r.Term, st.Term)
+		err := fmt.Errorf("%w: asked to be %s in term %d, but term %d was seen", replica.ErrStaleTerm, r.Role(), r.Term, st.Term)
 		s.log.Error("refusing role", "error", err)
 		s.mu.Lock()
 		s.fenced, s.err = true, err.Error()
@@ -393,18 +377,11 @@ func (s *Syncer) dialer() func(ctx context.Context, addr string) (net.Conn, erro
 	}
 }
 
-func roleName(r Role) string {
-	if r.Master {
-		return "master"
-	}
-	return "clone"
-}
-
-func (s *Syncer) runMaster(ctx context.Context, r Role) {
+func (s *Syncer) runMaster(ctx context.Context, r core.Assignment) {
 	// A master's copy is complete by definition (Synced): once it has
 	// recorded a position of its own term (below), a restart may claim it.
 	if err := s.state.Update(func(st *replica.State) {
-		st.Term, st.Role, st.MasterTerm, st.Synced = r.Term, "master", r.Term, true
+		st.Term, st.Role, st.MasterTerm, st.Synced = r.Term, core.RoleMaster, r.Term, true
 	}); err != nil {
 		s.log.Error("cannot record role", "error", err)
 		s.setErr(err)

@@ -18,6 +18,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 )
 
 // SocketName is the socket's file name inside the allocation's alloc/tmp directory.
@@ -42,67 +44,24 @@ const Version = 1
 // MaxLine bounds one JSON line; a longer one ends the connection.
 const MaxLine = 64 << 10
 
-// Role is what the syncer is.
-type Role string
-
-// The roles. Only RoleMaster lets the app run.
-const (
-	// RoleUnknown: the syncer does not know yet (starting, or lost Consul).
-	RoleUnknown Role = "unknown"
-	// RoleCandidate: no master is known; this instance may be promoted.
-	RoleCandidate Role = "candidate"
-	// RoleClone: another instance is master; this one replicates from it.
-	RoleClone Role = "clone"
-	// RoleMaster: this instance holds the lock; its app may run until the deadline.
-	RoleMaster Role = "master"
-)
-
-// Valid tells whether r is one of the known roles.
-func (r Role) Valid() bool {
+// announced tells whether r is one of the roles the protocol carries (unknown, candidate,
+// clone, master): a receiver rejects any other rather than guess what it lets the app do.
+func announced(r core.Role) bool {
 	switch r {
-	case RoleUnknown, RoleCandidate, RoleClone, RoleMaster:
+	case core.RoleUnknown, core.RoleCandidate, core.RoleClone, core.RoleMaster:
 		return true
 	}
 	return false
 }
 
-// Position is a replication position (same JSON as the syncer's).
-type Position struct {
-	Term uint64 `json:"term"`
-	Seq  uint64 `json:"seq"`
-}
-
-// Progress is the initial sync's progress, for task events.
-type Progress struct {
-	FilesTotal int64 `json:"files_total"`
-	FilesDone  int64 `json:"files_done"`
-	BytesTotal int64 `json:"bytes_total"`
-	BytesDone  int64 `json:"bytes_done"`
-	Done       bool  `json:"done"`
-}
-
-// Percent is how far the initial sync is, 0 to 100, by bytes (by files when there are no
-// bytes to copy). It is 100 only when the sync is done or there is nothing to copy.
-func (p Progress) Percent() int {
-	switch {
-	case p.Done:
-		return 100
-	case p.BytesTotal > 0:
-		return int(min(max(p.BytesDone, 0)*100/p.BytesTotal, 99))
-	case p.FilesTotal > 0:
-		return int(min(max(p.FilesDone, 0)*100/p.FilesTotal, 99))
-	}
-	return 100
-}
-
 // State is what the syncer announces.
 type State struct {
 	// Role is the syncer's role.
-	Role Role
+	Role core.Role
 	// Term is the election term (the lock's LockIndex) the role belongs to.
 	Term uint64
 	// Position is the local copy's replication position.
-	Position Position
+	Position core.Position
 	// CaughtUp tells whether the local copy follows the live stream (initial sync done).
 	CaughtUp bool
 	// Deadline is the instant, on the holder's monotonic clock, until which the app may run.
@@ -116,7 +75,7 @@ type State struct {
 	// sync done); zero otherwise.
 	Lag uint64
 	// Progress is the initial sync's progress (nil when not syncing).
-	Progress *Progress
+	Progress *core.Progress
 	// Message is a human sentence for task events ("promoted to master at term 7").
 	Message string
 	// Notice is a standing warning about how the syncer runs (e.g. "Consul refused the 3s
@@ -151,20 +110,20 @@ func Warning(msg string) bool {
 // message is one JSON line. Every message carries the full state: a heartbeat is the latest
 // state resent, so a receiver that lost anything is whole again at the next line.
 type message struct {
-	V          int       `json:"v"`
-	Seq        uint64    `json:"seq"`           // per connection, +1 per line
-	Version    uint64    `json:"state_version"` // +1 per Set: what a gate's report refers to
-	SentAt     time.Time `json:"sent_at"`
-	Role       Role      `json:"role"`
-	Term       uint64    `json:"term"`
-	Position   Position  `json:"position"`
-	CaughtUp   bool      `json:"caught_up"`
-	DeadlineIn int64     `json:"deadline_in_ns"` // time left at SentAt; 0: no deadline
-	MasterAddr string    `json:"master_addr,omitempty"`
-	Lag        uint64    `json:"lag,omitempty"` // added in v1 without a version bump: older receivers ignore it
-	Progress   *Progress `json:"progress,omitempty"`
-	Message    string    `json:"message,omitempty"`
-	Notice     string    `json:"notice,omitempty"` // added in v1 without a version bump: older receivers ignore it
+	V          int            `json:"v"`
+	Seq        uint64         `json:"seq"`           // per connection, +1 per line
+	Version    uint64         `json:"state_version"` // +1 per Set: what a gate's report refers to
+	SentAt     time.Time      `json:"sent_at"`
+	Role       core.Role      `json:"role"`
+	Term       uint64         `json:"term"`
+	Position   core.Position  `json:"position"`
+	CaughtUp   bool           `json:"caught_up"`
+	DeadlineIn int64          `json:"deadline_in_ns"` // time left at SentAt; 0: no deadline
+	MasterAddr string         `json:"master_addr,omitempty"`
+	Lag        uint64         `json:"lag,omitempty"` // added in v1 without a version bump: older receivers ignore it
+	Progress   *core.Progress `json:"progress,omitempty"`
+	Message    string         `json:"message,omitempty"`
+	Notice     string         `json:"notice,omitempty"` // added in v1 without a version bump: older receivers ignore it
 }
 
 // report is a line from a gate to the announcer: whether the app runs, as of a state version.
@@ -188,7 +147,7 @@ func encode(s State, seq, version uint64, now time.Time) ([]byte, error) {
 	m := message{V: Version, Seq: seq, Version: version, SentAt: now.Round(0), Role: s.Role, Term: s.Term, Position: s.Position,
 		CaughtUp: s.CaughtUp, MasterAddr: s.MasterAddr, Lag: s.Lag, Progress: s.Progress, Message: s.Message, Notice: s.Notice}
 	if m.Role == "" {
-		m.Role = RoleUnknown
+		m.Role = core.RoleUnknown
 	}
 	if !s.Deadline.IsZero() {
 		// a past deadline is sent as 1ns left, not 0, so that "master, expired" stays
@@ -218,7 +177,7 @@ func decode(line []byte, recv time.Time) (decoded, error) {
 	if m.V != Version {
 		return decoded{}, fmt.Errorf("announce: protocol version %d, want %d", m.V, Version)
 	}
-	if !m.Role.Valid() {
+	if !announced(m.Role) {
 		return decoded{}, fmt.Errorf("announce: unknown role %q", m.Role)
 	}
 	if m.DeadlineIn < 0 {

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 )
 
 // The child mode of the test binary: a stand-in syncer that announces master and renews its
@@ -44,7 +46,7 @@ func runChild(path string) int {
 	}
 	defer func() { _ = a.Close() }()
 	for term := uint64(7); ; {
-		a.Set(State{Role: RoleMaster, Term: term, Deadline: time.Now().Add(childValidity), CaughtUp: true,
+		a.Set(State{Role: core.RoleMaster, Term: term, Deadline: time.Now().Add(childValidity), CaughtUp: true,
 			Message: "master"})
 		select {
 		case <-ctx.Done():
@@ -56,9 +58,9 @@ func runChild(path string) int {
 
 func TestEncodeDecode(t *testing.T) {
 	now := time.Now()
-	s := State{Role: RoleMaster, Term: 3, Position: Position{Term: 3, Seq: 9}, CaughtUp: true,
+	s := State{Role: core.RoleMaster, Term: 3, Position: core.Position{Term: 3, Seq: 9}, CaughtUp: true,
 		Deadline: now.Add(1400 * time.Millisecond), MasterAddr: "10.0.0.1:7000",
-		Progress: &Progress{FilesTotal: 2, FilesDone: 1, BytesTotal: 10, BytesDone: 5}, Message: "hi"}
+		Progress: &core.Progress{FilesTotal: 2, FilesDone: 1, BytesTotal: 10, BytesDone: 5}, Message: "hi"}
 	line, err := encode(s, 5, 8, now)
 	if err != nil {
 		t.Fatal(err)
@@ -73,7 +75,7 @@ func TestEncodeDecode(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := d.state
-	if d.seq != 5 || d.version != 8 || got.Role != RoleMaster || got.Term != 3 || got.Position != s.Position || !got.CaughtUp ||
+	if d.seq != 5 || d.version != 8 || got.Role != core.RoleMaster || got.Term != 3 || got.Position != s.Position || !got.CaughtUp ||
 		got.MasterAddr != s.MasterAddr || *got.Progress != *s.Progress || got.Message != "hi" {
 		t.Fatalf("round trip: %+v", got)
 	}
@@ -89,14 +91,14 @@ func TestEncodeDecode(t *testing.T) {
 		t.Fatalf("deadline after a backward step: %s left, want 1.4s", d)
 	}
 	// past deadline stays "master, expired", not "no deadline"
-	line, _ = encode(State{Role: RoleMaster, Deadline: now.Add(-time.Second)}, 1, 1, now)
+	line, _ = encode(State{Role: core.RoleMaster, Deadline: now.Add(-time.Second)}, 1, 1, now)
 	d, _ = decode(line, now)
 	got = d.state
 	if got.Deadline.IsZero() || !got.Deadline.Equal(now) {
 		t.Fatalf("expired deadline decoded as %v", got.Deadline)
 	}
 	// no deadline for clones
-	line, _ = encode(State{Role: RoleClone}, 1, 1, now)
+	line, _ = encode(State{Role: core.RoleClone}, 1, 1, now)
 	if d, _ = decode(line, now); !d.state.Deadline.IsZero() {
 		t.Fatal("clone got a deadline")
 	}
@@ -164,12 +166,12 @@ func TestGateFollowsAnnouncer(t *testing.T) {
 	}
 	defer func() { _ = a.Close() }()
 	waitFor(t, time.Second, func() bool { s := g.Status(time.Now()); return s.Connected && !s.ReceivedAt.IsZero() })
-	if st := g.Status(time.Now()); st.Open || st.State.Role != RoleUnknown {
+	if st := g.Status(time.Now()); st.Open || st.State.Role != core.RoleUnknown {
 		t.Fatalf("initial status %+v", st)
 	}
 
 	deadline := time.Now().Add(600 * time.Millisecond)
-	a.Set(State{Role: RoleMaster, Term: 4, Deadline: deadline})
+	a.Set(State{Role: core.RoleMaster, Term: 4, Deadline: deadline})
 	waitGate(t, g, true, time.Second)
 	if st := g.Status(time.Now()); st.State.Term != 4 || st.Until.After(deadline.Add(5*time.Millisecond)) {
 		t.Fatalf("open status %+v", st)
@@ -185,18 +187,18 @@ func TestGateFollowsAnnouncer(t *testing.T) {
 	}
 
 	// renewal reopens; demotion closes at once
-	a.Set(State{Role: RoleMaster, Term: 4, Deadline: time.Now().Add(10 * time.Second)})
+	a.Set(State{Role: core.RoleMaster, Term: 4, Deadline: time.Now().Add(10 * time.Second)})
 	waitGate(t, g, true, time.Second)
 	start := time.Now()
-	a.Set(State{Role: RoleClone, Term: 5, MasterAddr: "10.0.0.2:7000", Deadline: time.Now().Add(time.Hour)})
+	a.Set(State{Role: core.RoleClone, Term: 5, MasterAddr: "10.0.0.2:7000", Deadline: time.Now().Add(time.Hour)})
 	waitGate(t, g, false, time.Second)
 	t.Logf("gate closed %s after demotion", time.Since(start).Round(time.Microsecond))
-	if st := g.Status(time.Now()); st.State.Role != RoleClone || st.State.MasterAddr != "10.0.0.2:7000" || !st.State.Deadline.IsZero() {
+	if st := g.Status(time.Now()); st.State.Role != core.RoleClone || st.State.MasterAddr != "10.0.0.2:7000" || !st.State.Deadline.IsZero() {
 		t.Fatalf("clone status %+v", st)
 	}
 
 	// the syncer goes away: closed at once, reopens after it comes back
-	a.Set(State{Role: RoleMaster, Term: 6, Deadline: time.Now().Add(time.Hour)})
+	a.Set(State{Role: core.RoleMaster, Term: 6, Deadline: time.Now().Add(time.Hour)})
 	waitGate(t, g, true, time.Second)
 	start = time.Now()
 	if err := a.Close(); err != nil {
@@ -212,7 +214,7 @@ func TestGateFollowsAnnouncer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = a2.Close() }()
-	a2.Set(State{Role: RoleMaster, Term: 6, Deadline: time.Now().Add(time.Hour)})
+	a2.Set(State{Role: core.RoleMaster, Term: 6, Deadline: time.Now().Add(time.Hour)})
 	waitGate(t, g, true, 2*time.Second)
 }
 
@@ -250,7 +252,7 @@ func TestUpdatesChannel(t *testing.T) {
 		}
 	}
 	a.Update(func(s *State) {
-		s.Role, s.Term, s.Deadline = RoleMaster, 9, time.Now().Add(400*time.Millisecond)
+		s.Role, s.Term, s.Deadline = core.RoleMaster, 9, time.Now().Add(400*time.Millisecond)
 		s.Message = "promoted to master at term 9"
 	})
 	st := next(func(s Status) bool { return s.Open })
@@ -262,7 +264,7 @@ func TestUpdatesChannel(t *testing.T) {
 	if !strings.Contains(st.Reason, "deadline") {
 		t.Fatalf("closing reason %q", st.Reason)
 	}
-	a.Update(func(s *State) { s.Progress = &Progress{FilesTotal: 3, FilesDone: 1} })
+	a.Update(func(s *State) { s.Progress = &core.Progress{FilesTotal: 3, FilesDone: 1} })
 	st = next(func(s Status) bool { return s.State.Progress != nil })
 	if st.State.Progress.FilesDone != 1 {
 		t.Fatalf("%+v", st)
@@ -276,7 +278,7 @@ func TestManyClientsAndLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = a.Close() }()
-	a.Set(State{Role: RoleMaster, Term: 2, Deadline: time.Now().Add(time.Hour)})
+	a.Set(State{Role: core.RoleMaster, Term: 2, Deadline: time.Now().Add(time.Hour)})
 	var gates []*Gate
 	for range 3 {
 		gates = append(gates, startGate(t, path, GateConfig{}))
@@ -303,7 +305,7 @@ func TestHeartbeatsArrive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = a.Close() }()
-	a.Set(State{Role: RoleMaster, Term: 1, Deadline: time.Now().Add(time.Second)})
+	a.Set(State{Role: core.RoleMaster, Term: 1, Deadline: time.Now().Add(time.Second)})
 	c, err := net.Dial("unix", path)
 	if err != nil {
 		t.Fatal(err)
@@ -373,7 +375,7 @@ func TestStaleSocketAndLongPath(t *testing.T) {
 	if st, err := os.Stat(long); err != nil || st.Mode()&os.ModeSocket == 0 || st.Mode().Perm() != 0o600 {
 		t.Fatalf("socket at the long path: %v %v", st, err)
 	}
-	a.Set(State{Role: RoleMaster, Term: 1, Deadline: time.Now().Add(time.Hour)})
+	a.Set(State{Role: core.RoleMaster, Term: 1, Deadline: time.Now().Add(time.Hour)})
 	g := startGate(t, long, GateConfig{})
 	waitGate(t, g, true, 2*time.Second)
 	if got := SocketPath("/a"); got != filepath.Join("/a", "alloc", "tmp", SocketName) {
@@ -545,7 +547,7 @@ func TestWaitAppStopped(t *testing.T) {
 	gctx, gcancel := context.WithCancel(context.Background())
 	defer gcancel()
 	g := Follow(gctx, path, GateConfig{})
-	a.Set(State{Role: RoleMaster, Term: 3, Deadline: time.Now().Add(time.Hour)})
+	a.Set(State{Role: core.RoleMaster, Term: 3, Deadline: time.Now().Add(time.Hour)})
 	waitGate(t, g, true, 2*time.Second)
 	g.Report(true)
 	waitFor(t, 2*time.Second, func() bool {
@@ -555,7 +557,7 @@ func TestWaitAppStopped(t *testing.T) {
 	})
 
 	// step down: the wait ends when the driver reports the app stopped
-	a.Set(State{Role: RoleClone, Term: 4})
+	a.Set(State{Role: core.RoleClone, Term: 4})
 	short, scancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	if err := a.WaitAppStopped(short); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("app still running: %v", err)
@@ -573,13 +575,13 @@ func TestWaitAppStopped(t *testing.T) {
 	t.Logf("step-down confirmed %s after the gate closed (50ms of it the simulated stop)", time.Since(stopAt).Round(time.Millisecond))
 
 	// a report made before the current state counts once the gate has seen the new state
-	a.Set(State{Role: RoleCandidate, Term: 4})
+	a.Set(State{Role: core.RoleCandidate, Term: 4})
 	if err := a.WaitAppStopped(ctx); err != nil {
 		t.Fatalf("not running since before the change: %v", err)
 	}
 
 	// the reporting gate goes away during a wait: nobody can confirm any more
-	a.Set(State{Role: RoleMaster, Term: 5, Deadline: time.Now().Add(time.Hour)})
+	a.Set(State{Role: core.RoleMaster, Term: 5, Deadline: time.Now().Add(time.Hour)})
 	g.Report(true)
 	waitFor(t, 2*time.Second, func() bool {
 		a.mu.Lock()
@@ -589,7 +591,7 @@ func TestWaitAppStopped(t *testing.T) {
 		}
 		return false
 	})
-	a.Set(State{Role: RoleClone, Term: 6})
+	a.Set(State{Role: core.RoleClone, Term: 6})
 	go func() { time.Sleep(100 * time.Millisecond); gcancel() }()
 	if err := a.WaitAppStopped(ctx); !errors.Is(err, ErrNoGate) {
 		t.Fatalf("gate gone: %v", err)

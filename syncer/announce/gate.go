@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 )
 
 // DefaultSilence is how long a Gate waits for the next line before it declares the syncer
@@ -90,7 +92,7 @@ func NewGate(path string, cfg GateConfig) *Gate {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	return &Gate{path: path, cfg: cfg, log: log.Named("gate"), state: State{Role: RoleUnknown},
+	return &Gate{path: path, cfg: cfg, log: log.Named("gate"), state: State{Role: core.RoleUnknown},
 		updates: make(chan Status, 1), kick: make(chan struct{}, 1)}
 }
 
@@ -114,7 +116,7 @@ func (g *Gate) statusLocked(now time.Time) Status {
 		st.Reason = "no announcement from the syncer yet"
 	case now.Sub(g.recvAt) >= g.cfg.Silence:
 		st.Reason = fmt.Sprintf("syncer silent for %s", now.Sub(g.recvAt).Round(time.Millisecond))
-	case g.state.Role != RoleMaster:
+	case g.state.Role != core.RoleMaster:
 		st.Reason = fmt.Sprintf("role is %s at term %d", g.state.Role, g.state.Term)
 	case g.state.Deadline.IsZero() || !now.Before(g.state.Deadline.Add(-g.cfg.Lead)):
 		st.Reason = fmt.Sprintf("master lease at term %d past its deadline", g.state.Term)

@@ -7,13 +7,15 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 )
 
 // The clone's lag crosses the socket as an additive field of protocol v1:
 // an older receiver ignores it, and a line without it decodes as lag 0.
 func TestLagOnTheWire(t *testing.T) {
 	now := time.Now()
-	line, err := encode(State{Role: RoleClone, Term: 4, MasterAddr: "127.0.0.3:2345", CaughtUp: true, Lag: 17}, 1, 1, now)
+	line, err := encode(State{Role: core.RoleClone, Term: 4, MasterAddr: "127.0.0.3:2345", CaughtUp: true, Lag: 17}, 1, 1, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,23 +36,23 @@ func TestLagOnTheWire(t *testing.T) {
 		t.Fatalf("a line without lag: %+v, %v", d.state, err)
 	}
 	// a lag change is a state change for the gate's consumers
-	a := State{Role: RoleClone, Lag: 1}
-	if sameState(a, State{Role: RoleClone, Lag: 2}) {
+	a := State{Role: core.RoleClone, Lag: 1}
+	if sameState(a, State{Role: core.RoleClone, Lag: 2}) {
 		t.Fatal("a lag change is not delivered")
 	}
 }
 
 func TestProgressPercent(t *testing.T) {
 	for _, c := range []struct {
-		p    Progress
+		p    core.Progress
 		want int
 	}{
-		{Progress{BytesTotal: 1000, BytesDone: 630, FilesTotal: 10, FilesDone: 1}, 63},
-		{Progress{BytesTotal: 1000, BytesDone: 1000}, 99}, // not done yet
-		{Progress{BytesTotal: 1000, BytesDone: 1000, Done: true}, 100},
-		{Progress{FilesTotal: 4, FilesDone: 1}, 25}, // empty files
-		{Progress{}, 100}, // nothing to copy
-		{Progress{BytesTotal: 10, BytesDone: -1}, 0},
+		{core.Progress{BytesTotal: 1000, BytesDone: 630, FilesTotal: 10, FilesDone: 1}, 63},
+		{core.Progress{BytesTotal: 1000, BytesDone: 1000}, 99}, // not done yet
+		{core.Progress{BytesTotal: 1000, BytesDone: 1000, Done: true}, 100},
+		{core.Progress{FilesTotal: 4, FilesDone: 1}, 25}, // empty files
+		{core.Progress{}, 100}, // nothing to copy
+		{core.Progress{BytesTotal: 10, BytesDone: -1}, 0},
 	} {
 		if got := c.p.Percent(); got != c.want {
 			t.Errorf("%+v: %d%%, want %d%%", c.p, got, c.want)
@@ -99,7 +101,7 @@ func TestAppReportsAndChanged(t *testing.T) {
 		t.Fatalf("no gate yet: %+v", app)
 	}
 	ch := a.Changed()
-	a.Set(State{Role: RoleMaster, Term: 2, Deadline: time.Now().Add(time.Minute)})
+	a.Set(State{Role: core.RoleMaster, Term: 2, Deadline: time.Now().Add(time.Minute)})
 	select {
 	case <-ch:
 	default:

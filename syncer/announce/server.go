@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 )
 
 // Heartbeat is the default period at which the Announcer resends its state; a Gate declares
@@ -61,7 +63,7 @@ type Announcer struct {
 var ErrNoGate = errors.New("no gate reports on the app")
 
 // Listen creates the socket at path (replacing a stale one) and serves until ctx ends or
-// Close. The initial state is RoleUnknown.
+// Close. The initial state is core.RoleUnknown.
 func Listen(ctx context.Context, path string, cfg AnnouncerConfig) (*Announcer, error) {
 	if cfg.Heartbeat <= 0 {
 		cfg.Heartbeat = Heartbeat
@@ -82,7 +84,7 @@ func Listen(ctx context.Context, path string, cfg AnnouncerConfig) (*Announcer, 
 	}
 	actx, cancel := context.WithCancel(ctx)
 	a := &Announcer{path: path, cfg: cfg, log: log.Named("announce"), l: l, ctx: actx, cancel: cancel,
-		state: State{Role: RoleUnknown}, version: 1, changed: make(chan struct{}),
+		state: State{Role: core.RoleUnknown}, version: 1, changed: make(chan struct{}),
 		reports: map[uint64]report{}, repCh: make(chan struct{}), notify: make(chan struct{})}
 	a.wg.Add(2)
 	go a.accept(actx)
@@ -118,9 +120,9 @@ func (a *Announcer) SetNotice(notice string) {
 func (a *Announcer) setLocked(s State) {
 	s.Notice = a.notice
 	if s.Role == "" {
-		s.Role = RoleUnknown
+		s.Role = core.RoleUnknown
 	}
-	if s.Role != RoleMaster {
+	if s.Role != core.RoleMaster {
 		s.Deadline = time.Time{}
 	}
 	a.state = s

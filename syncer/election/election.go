@@ -20,19 +20,9 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/announce"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/lease"
 )
-
-// Role is what the syncer should be; it mirrors syncer.Role without
-// importing the syncer (which imports this package for its CLI).
-type Role struct {
-	Master     bool
-	Term       uint64
-	MasterAddr string
-	// Base is, on a clone, the position the master started its term from
-	// (the lock key's value): see replica.CloneConfig.Base.
-	Base lease.Position
-}
 
 // Local is the elector's view of the local syncer.
 type Local interface {
@@ -89,7 +79,7 @@ const stepDownTimeout = time.Second
 type Elector struct {
 	cfg   Config
 	log   hclog.Logger
-	roles chan Role
+	roles chan core.Assignment
 }
 
 // New returns an Elector; call Run, and feed Roles to the syncer.
@@ -106,13 +96,13 @@ func New(cfg Config) (*Elector, error) {
 	if cfg.Refresh <= 0 {
 		cfg.Refresh = time.Second
 	}
-	return &Elector{cfg: cfg, log: cfg.Logger, roles: make(chan Role, 1)}, nil
+	return &Elector{cfg: cfg, log: cfg.Logger, roles: make(chan core.Assignment, 1)}, nil
 }
 
 // Roles delivers role changes; a slow reader only sees the latest.
-func (e *Elector) Roles() <-chan Role { return e.roles }
+func (e *Elector) Roles() <-chan core.Assignment { return e.roles }
 
-func (e *Elector) send(r Role) {
+func (e *Elector) send(r core.Assignment) {
 	for {
 		select {
 		case e.roles <- r:
@@ -126,12 +116,12 @@ func (e *Elector) send(r Role) {
 	}
 }
 
-func (e *Elector) announce(role announce.Role, term uint64, deadline time.Time, masterAddr, msg string) {
+func (e *Elector) announce(role core.Role, term uint64, deadline time.Time, masterAddr, msg string) {
 	info := e.cfg.Local.Info()
 	lag, _ := e.lag(info)
 	e.cfg.Announcer.Set(announce.State{
 		Role: role, Term: term, Deadline: deadline, MasterAddr: masterAddr, Message: msg,
-		Position: announce.Position{Term: info.Position.Term, Seq: info.Position.Seq},
+		Position: info.Position,
 		CaughtUp: info.CaughtUp, Lag: lag,
 	})
 }
@@ -161,7 +151,7 @@ func (e *Elector) refresh(ctx context.Context) {
 		before := e.cfg.Announcer.State()
 		info := e.cfg.Local.Info()
 		lag, _ := e.lag(info)
-		pos := announce.Position{Term: info.Position.Term, Seq: info.Position.Seq}
+		pos := info.Position
 		if before.Position == pos && before.CaughtUp == info.CaughtUp && before.Lag == lag {
 			continue
 		}
@@ -180,7 +170,7 @@ func (e *Elector) refresh(ctx context.Context) {
 // Run campaigns until ctx ends, following the master while not holding
 // the lock. It returns after the graceful hand-over.
 func (e *Elector) Run(ctx context.Context) error {
-	e.announce(announce.RoleCandidate, 0, time.Time{}, "", "waiting for the election")
+	e.announce(core.RoleCandidate, 0, time.Time{}, "", "waiting for the election")
 	rctx, stopRefresh := context.WithCancel(ctx)
 	defer stopRefresh()
 	go e.refresh(rctx)
@@ -238,15 +228,15 @@ func (e *Elector) follow(ctx context.Context) {
 		if !h.Held || h.Info.ID == e.cfg.Local.Info().ID {
 			continue
 		}
-		e.send(Role{Master: false, Term: h.Term, MasterAddr: h.Info.Address, Base: h.Info.Position})
-		e.announce(announce.RoleClone, h.Term, time.Time{}, h.Info.Address, fmt.Sprintf("following %s (term %d)", h.Info.Address, h.Term))
+		e.send(core.Assignment{Master: false, Term: h.Term, MasterAddr: h.Info.Address, Base: h.Info.Position})
+		e.announce(core.RoleClone, h.Term, time.Time{}, h.Info.Address, fmt.Sprintf("following %s (term %d)", h.Info.Address, h.Term))
 	}
 }
 
 // serve is one mastership, from winning the lease to losing or releasing it.
 func (e *Elector) serve(ctx context.Context, l lease.Lease) error {
 	term := l.Term()
-	e.send(Role{Master: true, Term: term})
+	e.send(core.Assignment{Master: true, Term: term})
 	// Announce only once the syncer serves as master: it has applied all
 	// it held and fenced the old term.
 	promoted := time.Now()
@@ -265,7 +255,7 @@ func (e *Elector) serve(ctx context.Context, l lease.Lease) error {
 		}
 	}
 	e.log.Info("elected master", "term", term)
-	e.announce(announce.RoleMaster, term, l.Deadline(), "", fmt.Sprintf("elected master (term %d)", term))
+	e.announce(core.RoleMaster, term, l.Deadline(), "", fmt.Sprintf("elected master (term %d)", term))
 	mctx, stopMarking := context.WithCancel(ctx)
 	defer stopMarking()
 	go e.markLoop(mctx, l, term)
@@ -278,7 +268,7 @@ func (e *Elector) serve(ctx context.Context, l lease.Lease) error {
 		case <-changed:
 		case d := <-l.Renewed():
 			e.cfg.Announcer.Update(func(s *announce.State) {
-				if s.Role == announce.RoleMaster && s.Term == term {
+				if s.Role == core.RoleMaster && s.Term == term {
 					s.Deadline = d
 				}
 			})
@@ -300,7 +290,7 @@ func (e *Elector) serve(ctx context.Context, l lease.Lease) error {
 func (e *Elector) handOver(ctx context.Context, l lease.Lease, term uint64) error {
 	ctx = context.WithoutCancel(ctx)
 	e.log.Warn("the app exited while master: handing the lock to a clone", "term", term)
-	e.announce(announce.RoleClone, term, time.Time{}, "", "stepping down: the app exited while master")
+	e.announce(core.RoleClone, term, time.Time{}, "", "stepping down: the app exited while master")
 	e.drain(ctx)
 	if e.cfg.StepDown != nil {
 		sctx, scancel := context.WithTimeout(ctx, stepDownTimeout)
@@ -313,7 +303,7 @@ func (e *Elector) handOver(ctx context.Context, l lease.Lease, term uint64) erro
 	}
 	wcancel()
 	e.markFinal(ctx, l, term)
-	e.send(Role{Master: false, Term: term})
+	e.send(core.Assignment{Master: false, Term: term})
 	rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
 	defer rcancel()
 	if err := l.Release(rctx); err != nil {
@@ -339,8 +329,8 @@ func (e *Elector) drain(ctx context.Context) {
 // demote announces first, then tells the syncer.
 func (e *Elector) demote(term uint64, why string) {
 	e.log.Warn("demoted", "term", term, "reason", why)
-	e.announce(announce.RoleClone, term, time.Time{}, "", "demoted: "+why)
-	e.send(Role{Master: false, Term: term})
+	e.announce(core.RoleClone, term, time.Time{}, "", "demoted: "+why)
+	e.send(core.Assignment{Master: false, Term: term})
 }
 
 // release hands over gracefully: announce, wait for the app to stop
@@ -349,7 +339,7 @@ func (e *Elector) release(ctx context.Context, l lease.Lease, term uint64) error
 	// ctx has ended (that is why we release): the hand-over runs on its
 	// own bounded contexts.
 	ctx = context.WithoutCancel(ctx)
-	e.announce(announce.RoleClone, term, time.Time{}, "", "stepping down")
+	e.announce(core.RoleClone, term, time.Time{}, "", "stepping down")
 	stepped := make(chan struct{})
 	go func() {
 		defer close(stepped)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/consul"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/announce"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/lease"
 )
 
@@ -19,11 +20,11 @@ import (
 type fakeSyncer struct {
 	id   string
 	mu   sync.Mutex
-	role Role
+	role core.Assignment
 }
 
 func (f *fakeSyncer) Info() lease.Info {
-	return lease.Info{ID: f.id, Address: f.id + ":7400", CaughtUp: true, Position: lease.Position{Term: 1, Seq: 10}}
+	return lease.Info{ID: f.id, Address: f.id + ":7400", CaughtUp: true, Position: core.Position{Term: 1, Seq: 10}}
 }
 
 func (f *fakeSyncer) Serving(term uint64) bool {

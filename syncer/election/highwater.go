@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/announce"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/lease"
 )
 
@@ -15,7 +16,7 @@ import (
 // publishes it as the group's high-water mark (lease/highwater.go): no clone
 // behind it can be promoted. A Local without it publishes its own position.
 type HighWaterReporter interface {
-	HighWater() lease.Position
+	HighWater() core.Position
 }
 
 // finalAckWait bounds how long a master stepping down waits, after its app
@@ -24,7 +25,7 @@ type HighWaterReporter interface {
 const finalAckWait = 300 * time.Millisecond
 
 // highWater is the mark to publish now.
-func (e *Elector) highWater() lease.Position {
+func (e *Elector) highWater() core.Position {
 	if hr, ok := e.cfg.Local.(HighWaterReporter); ok {
 		return hr.HighWater()
 	}
@@ -37,7 +38,7 @@ func (e *Elector) highWater() lease.Position {
 func (e *Elector) markLoop(ctx context.Context, l lease.Lease, term uint64) {
 	t := time.NewTicker(lease.MarkEvery)
 	defer t.Stop()
-	var marked lease.Position
+	var marked core.Position
 	lastErr := ""
 	for {
 		select {
@@ -103,7 +104,7 @@ func (e *Elector) decided(d lease.Decision) {
 		msg = notPromotablePrefix + d.Reason
 	}
 	e.setMessage(func(s announce.State) (string, bool) {
-		if s.Role == announce.RoleMaster {
+		if s.Role == core.RoleMaster {
 			return "", false
 		}
 		if msg == "" && !strings.HasPrefix(s.Message, stalledPrefix) && !strings.HasPrefix(s.Message, notPromotablePrefix) {
@@ -158,7 +159,7 @@ func (e *Elector) refreshWarning() {
 	w := wr.Warning()
 	e.setMessage(func(s announce.State) (string, bool) {
 		switch {
-		case s.Role == announce.RoleMaster:
+		case s.Role == core.RoleMaster:
 		case strings.HasPrefix(s.Message, stalledPrefix), strings.HasPrefix(s.Message, notPromotablePrefix):
 		case w != "":
 			return w, true

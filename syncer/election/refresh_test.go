@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/announce"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/lease"
 )
 
@@ -30,7 +31,7 @@ func (l *lagSyncer) set(seq, lag uint64, caughtUp bool) {
 func (l *lagSyncer) Info() lease.Info {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return lease.Info{ID: "a", CaughtUp: l.caughtUp, Position: lease.Position{Term: 3, Seq: l.seq}}
+	return lease.Info{ID: "a", CaughtUp: l.caughtUp, Position: core.Position{Term: 3, Seq: l.seq}}
 }
 
 func (l *lagSyncer) Serving(uint64) bool { return false }
@@ -59,8 +60,8 @@ func TestRefreshAnnouncesLag(t *testing.T) {
 	defer func() { _ = ann.Close() }()
 	local := &lagSyncer{}
 	e := &Elector{cfg: Config{Announcer: ann, Local: local, Refresh: 10 * time.Millisecond}, log: hclog.NewNullLogger()}
-	ann.Set(announce.State{Role: announce.RoleClone, Term: 3, MasterAddr: "127.0.0.3:2345", Message: "following 127.0.0.3:2345 (term 3)",
-		Progress: &announce.Progress{BytesTotal: 10, BytesDone: 4}})
+	ann.Set(announce.State{Role: core.RoleClone, Term: 3, MasterAddr: "127.0.0.3:2345", Message: "following 127.0.0.3:2345 (term 3)",
+		Progress: &core.Progress{BytesTotal: 10, BytesDone: 4}})
 	go e.refresh(ctx)
 
 	wait := func(ok func(announce.State) bool) announce.State {
@@ -84,8 +85,8 @@ func TestRefreshAnnouncesLag(t *testing.T) {
 	// synced, behind by 7: the lag is announced and the progress is over
 	local.set(40, 7, true)
 	st = wait(func(s announce.State) bool { return s.CaughtUp && s.Lag == 7 })
-	if st.Position != (announce.Position{Term: 3, Seq: 40}) || st.Progress != nil ||
-		st.Role != announce.RoleClone || st.MasterAddr != "127.0.0.3:2345" || st.Message != "following 127.0.0.3:2345 (term 3)" {
+	if st.Position != (core.Position{Term: 3, Seq: 40}) || st.Progress != nil ||
+		st.Role != core.RoleClone || st.MasterAddr != "127.0.0.3:2345" || st.Message != "following 127.0.0.3:2345 (term 3)" {
 		t.Fatalf("refreshed into %+v", st)
 	}
 	local.set(47, 0, true)

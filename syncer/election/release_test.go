@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/announce"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/lease"
 )
 
@@ -20,13 +21,13 @@ type heldLease struct {
 	done     chan struct{}
 }
 
-func (l *heldLease) Term() uint64                               { return 7 }
-func (l *heldLease) Deadline() time.Time                        { return l.deadline }
-func (l *heldLease) Renewed() <-chan time.Time                  { return nil }
-func (l *heldLease) Done() <-chan struct{}                      { return l.done }
-func (l *heldLease) Err() error                                 { return nil }
-func (l *heldLease) Update(context.Context, lease.Info) error   { return nil }
-func (l *heldLease) Mark(context.Context, lease.Position) error { return nil }
+func (l *heldLease) Term() uint64                              { return 7 }
+func (l *heldLease) Deadline() time.Time                       { return l.deadline }
+func (l *heldLease) Renewed() <-chan time.Time                 { return nil }
+func (l *heldLease) Done() <-chan struct{}                     { return l.done }
+func (l *heldLease) Err() error                                { return nil }
+func (l *heldLease) Update(context.Context, lease.Info) error  { return nil }
+func (l *heldLease) Mark(context.Context, core.Position) error { return nil }
 func (l *heldLease) Release(context.Context) error {
 	l.released <- time.Now()
 	return nil
@@ -49,7 +50,7 @@ func TestStepDownWithoutGateWaitsForDeadline(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = ann.Close() }()
-	e := &Elector{cfg: Config{Announcer: ann, Local: &fakeSyncer{id: "a"}}, log: hclog.NewNullLogger(), roles: make(chan Role, 1)}
+	e := &Elector{cfg: Config{Announcer: ann, Local: &fakeSyncer{id: "a"}}, log: hclog.NewNullLogger(), roles: make(chan core.Assignment, 1)}
 	l := &heldLease{deadline: time.Now().Add(1500 * time.Millisecond), released: make(chan time.Time, 1), done: make(chan struct{})}
 	if err := e.release(ctx, l, 7); err != nil {
 		t.Fatal(err)

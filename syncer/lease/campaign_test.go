@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 )
 
 // fakeLeaser is an in-memory Leaser: one key, lock-delay simulated by a refusal count.
@@ -101,17 +103,17 @@ func (f *fakeLeaser) Close(context.Context) error {
 
 type fakeLease struct{ term uint64 }
 
-func (l *fakeLease) Term() uint64                         { return l.term }
-func (l *fakeLease) Deadline() time.Time                  { return time.Now().Add(time.Second) }
-func (l *fakeLease) Renewed() <-chan time.Time            { return nil }
-func (l *fakeLease) Done() <-chan struct{}                { return nil }
-func (l *fakeLease) Err() error                           { return nil }
-func (l *fakeLease) Update(context.Context, Info) error   { return nil }
-func (l *fakeLease) Release(context.Context) error        { return nil }
-func (l *fakeLease) Mark(context.Context, Position) error { return nil }
+func (l *fakeLease) Term() uint64                              { return l.term }
+func (l *fakeLease) Deadline() time.Time                       { return time.Now().Add(time.Second) }
+func (l *fakeLease) Renewed() <-chan time.Time                 { return nil }
+func (l *fakeLease) Done() <-chan struct{}                     { return nil }
+func (l *fakeLease) Err() error                                { return nil }
+func (l *fakeLease) Update(context.Context, Info) error        { return nil }
+func (l *fakeLease) Release(context.Context) error             { return nil }
+func (l *fakeLease) Mark(context.Context, core.Position) error { return nil }
 
 func selfInfo(id string, seq uint64) func() Info {
-	return func() Info { return Info{ID: id, Position: Position{Term: 2, Seq: seq}, CaughtUp: true} }
+	return func() Info { return Info{ID: id, Position: core.Position{Term: 2, Seq: seq}, CaughtUp: true} }
 }
 
 func TestCampaignWaitsWhileHeldThenRetriesThroughLockDelay(t *testing.T) {
@@ -156,7 +158,7 @@ func TestCampaignWaitsWhileHeldThenRetriesThroughLockDelay(t *testing.T) {
 
 func TestCampaignRankDelay(t *testing.T) {
 	f := newFake(Holder{Term: 4})
-	f.cands = []Candidate{{Info: Info{ID: "best", Position: Position{Term: 2, Seq: 99}, CaughtUp: true}, Live: true}}
+	f.cands = []Candidate{{Info: Info{ID: "best", Position: core.Position{Term: 2, Seq: 99}, CaughtUp: true}, Live: true}}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	start := time.Now()

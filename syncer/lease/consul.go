@@ -13,6 +13,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 )
 
 // ConsulConfig configures a Consul Leaser.
@@ -661,7 +663,7 @@ type consulLease struct {
 	mu       sync.Mutex
 	deadline time.Time
 	info     Info
-	marked   Position // the high-water mark last written
+	marked   core.Position // the high-water mark last written
 	err      error
 	done     chan struct{}
 	renewed  chan time.Time
@@ -772,7 +774,7 @@ func (l *consulLease) Update(ctx context.Context, info Info) error {
 
 // Mark raises the high-water mark in a transaction that first checks that this session still
 // holds the lock key, so a deposed master can never move it.
-func (l *consulLease) Mark(ctx context.Context, pos Position) error {
+func (l *consulLease) Mark(ctx context.Context, pos core.Position) error {
 	if err := l.Err(); err != nil {
 		return err
 	}

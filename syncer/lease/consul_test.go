@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/consul"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 )
 
 // One cluster for every Consul test: a dev server and three client agents with fast gossip so
@@ -84,7 +85,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 func info(id string, seq uint64) Info {
-	return Info{ID: id, Node: "node-" + id, Address: "10.0.0.1:7000", Position: Position{Term: 1, Seq: seq}, CaughtUp: true}
+	return Info{ID: id, Node: "node-" + id, Address: "10.0.0.1:7000", Position: core.Position{Term: 1, Seq: seq}, CaughtUp: true}
 }
 
 func ctxT(t *testing.T, d time.Duration) context.Context {
@@ -487,7 +488,7 @@ func (e *env) candidatesOrdering(t *testing.T) {
 	// last holder published before it became master says nothing about its copy now, and it
 	// did not republish for the vacancy (see Vacancy.Holder)
 	synced := info("lag", 0)
-	synced.Position = Position{Term: rb.lease.Term(), Seq: 0}
+	synced.Position = core.Position{Term: rb.lease.Term(), Seq: 0}
 	lagPos.Store(synced)
 	if err := rb.lease.Release(ctx); err != nil {
 		t.Fatal(err)
@@ -707,8 +708,8 @@ func (e *env) highWater(t *testing.T) {
 	if hw, err := b.HighWater(ctx); err != nil || hw.Term != la.Term() || hw.Position != info("a", 0).Position {
 		t.Fatalf("mark after the acquisition: %+v, %v", hw, err)
 	}
-	at := func(seq uint64) Position { return Position{Term: la.Term(), Seq: seq} }
-	for _, p := range []Position{at(7), at(5)} { // a lower mark is ignored
+	at := func(seq uint64) core.Position { return core.Position{Term: la.Term(), Seq: seq} }
+	for _, p := range []core.Position{at(7), at(5)} { // a lower mark is ignored
 		if err := la.Mark(ctx, p); err != nil {
 			t.Fatal(err)
 		}

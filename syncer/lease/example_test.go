@@ -8,6 +8,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/announce"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/lease"
 )
 
@@ -43,7 +44,7 @@ func Example() {
 	// last changes, then Close: it releases without lock-delay and a clone takes over at once.
 	var current lease.Lease
 	defer func() {
-		ann.Set(announce.State{Role: announce.RoleUnknown, Message: "stopping"})
+		ann.Set(announce.State{Role: core.RoleUnknown, Message: "stopping"})
 		if current != nil && current.Err() == nil {
 			wctx, cancel := context.WithDeadline(context.Background(), current.Deadline().Add(l.Timing().StopBudget))
 			if err := ann.WaitAppStopped(wctx); err != nil {
@@ -55,16 +56,16 @@ func Example() {
 	}()
 
 	self := func() lease.Info { // from the replica's state
-		return lease.Info{ID: allocID, Address: "10.0.0.7:7000", Position: lease.Position{Term: 3, Seq: 42}, CaughtUp: true}
+		return lease.Info{ID: allocID, Address: "10.0.0.7:7000", Position: core.Position{Term: 3, Seq: 42}, CaughtUp: true}
 	}
 	for ctx.Err() == nil {
-		ann.Set(announce.State{Role: announce.RoleCandidate, Message: "waiting for the election"})
+		ann.Set(announce.State{Role: core.RoleCandidate, Message: "waiting for the election"})
 		ls, err := lease.Campaign(ctx, l, self, log)
 		if err != nil {
 			return
 		}
 		current = ls
-		ann.Set(announce.State{Role: announce.RoleMaster, Term: ls.Term(), Deadline: ls.Deadline(), CaughtUp: true,
+		ann.Set(announce.State{Role: core.RoleMaster, Term: ls.Term(), Deadline: ls.Deadline(), CaughtUp: true,
 			Message: fmt.Sprintf("promoted to master at term %d", ls.Term())})
 	held:
 		for {
@@ -78,6 +79,6 @@ func Example() {
 				break held
 			}
 		}
-		ann.Set(announce.State{Role: announce.RoleUnknown, Term: ls.Term(), Message: fmt.Sprintf("lost mastership: %v", ls.Err())})
+		ann.Set(announce.State{Role: core.RoleUnknown, Term: ls.Term(), Message: fmt.Sprintf("lost mastership: %v", ls.Err())})
 	}
 }

@@ -2,6 +2,8 @@ package lease
 
 import (
 	"fmt"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 )
 
 // # Safety argument: never promote a stale copy
@@ -73,7 +75,7 @@ type HighWater struct {
 	// Term is the term of the master that wrote it (the lock's LockIndex then).
 	Term uint64 `json:"term"`
 	// Position is the high-water position.
-	Position Position `json:"position"`
+	Position core.Position `json:"position"`
 	// ID is the instance that wrote it, for humans.
 	ID string `json:"id,omitempty"`
 }
@@ -103,6 +105,3 @@ func Qualifies(info Info, everHeld bool, hw HighWater) string {
 	}
 	return ""
 }
-
-// AtLeast reports whether p is at or beyond q.
-func (p Position) AtLeast(q Position) bool { return !p.Less(q) }

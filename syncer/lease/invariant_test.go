@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/announce"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 )
 
 // appStopDelay is how long the simulated driver takes to kill the app after its gate closes
@@ -49,7 +50,7 @@ func startNode(ctx context.Context, t *testing.T, l *Consul, self Info) *node {
 
 func (n *node) elect(ctx context.Context, self Info) {
 	for ctx.Err() == nil {
-		n.ann.Set(announce.State{Role: announce.RoleCandidate})
+		n.ann.Set(announce.State{Role: core.RoleCandidate})
 		ls, err := Campaign(ctx, n.l, func() Info { return self }, nil)
 		if err != nil {
 			return
@@ -57,15 +58,15 @@ func (n *node) elect(ctx context.Context, self Info) {
 		n.mu.Lock()
 		n.ls = ls
 		n.mu.Unlock()
-		n.ann.Set(announce.State{Role: announce.RoleMaster, Term: ls.Term(), Deadline: ls.Deadline()})
+		n.ann.Set(announce.State{Role: core.RoleMaster, Term: ls.Term(), Deadline: ls.Deadline()})
 		for d := range ls.Renewed() {
 			n.ann.Update(func(s *announce.State) {
-				if s.Role == announce.RoleMaster {
+				if s.Role == core.RoleMaster {
 					s.Deadline = d
 				}
 			})
 		}
-		n.ann.Set(announce.State{Role: announce.RoleUnknown, Term: ls.Term()})
+		n.ann.Set(announce.State{Role: core.RoleUnknown, Term: ls.Term()})
 	}
 }
 
@@ -92,7 +93,7 @@ func (n *node) drive(ctx context.Context) {
 // stepDown is the syncer's graceful stop: announce it, wait for the driver to confirm the app
 // stopped (bounded by the deadline plus the stop budget), then Close (release, no lock-delay).
 func (n *node) stepDown(ctx context.Context) error {
-	n.ann.Set(announce.State{Role: announce.RoleUnknown, Message: "stopping"})
+	n.ann.Set(announce.State{Role: core.RoleUnknown, Message: "stopping"})
 	if ls := n.lease(); ls != nil && ls.Err() == nil {
 		wctx, cancel := context.WithDeadline(ctx, ls.Deadline().Add(n.l.Timing().StopBudget))
 		if err := n.ann.WaitAppStopped(wctx); err != nil {
@@ -175,7 +176,7 @@ func (e *env) oneMasterAtATime(t *testing.T) {
 		waitFor(t, 10*time.Second, func() bool { return na.running.Load() })
 		nb := startNode(ctx, t, b, info("b", 90))
 		waitFor(t, 5*time.Second, func() bool {
-			return nb.gate.Status(time.Now()).State.Role == announce.RoleCandidate
+			return nb.gate.Status(time.Now()).State.Role == core.RoleCandidate
 		})
 		s := sample(na, nb)
 		time.Sleep(300 * time.Millisecond)

@@ -11,8 +11,9 @@ package lease
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 )
 
 // Errors callers can test for with errors.Is.
@@ -37,21 +38,6 @@ var (
 // not cover (see the safety argument in highwater.go).
 const MarkEvery = 50 * time.Millisecond
 
-// Position is a replication position: everything up to Seq of Term. It mirrors the syncer's
-// replication position (same JSON) without depending on the replication packages.
-type Position struct {
-	Term uint64 `json:"term"`
-	Seq  uint64 `json:"seq"`
-}
-
-// Less orders positions by term, then sequence.
-func (p Position) Less(q Position) bool {
-	return p.Term < q.Term || (p.Term == q.Term && p.Seq < q.Seq)
-}
-
-// String formats the position as term/seq for logs and task events.
-func (p Position) String() string { return fmt.Sprintf("%d/%d", p.Term, p.Seq) }
-
 // Info describes an instance: what a master writes into the lock key and what a candidate
 // publishes, so that clones find the master and the election can rank candidates.
 type Info struct {
@@ -65,7 +51,7 @@ type Info struct {
 	// term is always the key's LockIndex).
 	Term uint64 `json:"term,omitempty"`
 	// Position is the writer's replication position.
-	Position Position `json:"position"`
+	Position core.Position `json:"position"`
 	// CaughtUp tells whether the writer finished its initial sync and follows the live stream.
 	CaughtUp bool `json:"caught_up"`
 	// Vacant is, in a candidacy, the term after whose end it was published: the candidate saw
@@ -150,7 +136,7 @@ type Lease interface {
 	// Mark raises the group's high-water mark to pos (the highest position a clone has
 	// acknowledged), only while the lease is held; a pos not above the last mark is a no-op.
 	// It fails wrapping ErrLost once the lock is no longer this session's.
-	Mark(ctx context.Context, pos Position) error
+	Mark(ctx context.Context, pos core.Position) error
 	// Release frees the lock without lock-delay so that a clone takes over at once. The
 	// caller must have stopped the app first: Release ends this instance's mastership
 	// immediately and nothing but the caller's ordering protects the handover. To step

@@ -7,6 +7,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 )
 
 // Memory is an in-memory election group: one lock key, the high-water key and the candidacies
@@ -274,7 +276,7 @@ type memoryLease struct {
 	session  string
 	term     uint64
 	deadline time.Time
-	marked   Position
+	marked   core.Position
 	done     chan struct{}
 	err      error // guarded by the group's mu
 }
@@ -316,7 +318,7 @@ func (s *memoryLease) Update(_ context.Context, info Info) error {
 }
 
 // Mark raises the high-water mark while the lock is held by this lease's session.
-func (s *memoryLease) Mark(_ context.Context, pos Position) error {
+func (s *memoryLease) Mark(_ context.Context, pos core.Position) error {
 	m := s.l.m
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -3,11 +3,13 @@ package lease
 import (
 	"testing"
 	"time"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 )
 
 // cand is a candidacy republished for the vacancy after term 3 (see Info.Vacant).
 func cand(id string, term, seq uint64, caughtUp, live bool) Candidate {
-	return Candidate{Info: Info{ID: id, Position: Position{Term: term, Seq: seq}, CaughtUp: caughtUp, Vacant: 3}, Live: live}
+	return Candidate{Info: Info{ID: id, Position: core.Position{Term: term, Seq: seq}, CaughtUp: caughtUp, Vacant: 3}, Live: live}
 }
 
 // behind is the wait of a candidate with rank r > 0: the lock-delay, then its rank.
@@ -18,7 +20,7 @@ func behind(t Timing, r int) time.Duration {
 func TestDecide(t *testing.T) {
 	tm := DefaultTiming()
 	self := func(id string, term, seq uint64, caughtUp bool) Info {
-		return Info{ID: id, Position: Position{Term: term, Seq: seq}, CaughtUp: caughtUp}
+		return Info{ID: id, Position: core.Position{Term: term, Seq: seq}, CaughtUp: caughtUp}
 	}
 	cands := []Candidate{
 		cand("a", 3, 100, true, true),
@@ -69,7 +71,7 @@ func TestDecideCapsDelay(t *testing.T) {
 		c.Vacant = 5
 		cands = append(cands, c)
 	}
-	d := Decide(Info{ID: "a", Position: Position{Term: 5, Seq: 1}, CaughtUp: true}, Vacancy{Term: 5}, cands, tm)
+	d := Decide(Info{ID: "a", Position: core.Position{Term: 5, Seq: 1}, CaughtUp: true}, Vacancy{Term: 5}, cands, tm)
 	if d.Rank != 10 || d.Delay != behind(tm, 10) {
 		t.Fatalf("Decide = %+v, want rank 10 capped at %s", d, tm.MaxRankDelay)
 	}
@@ -95,9 +97,9 @@ func TestDecideExactlyOneGoesFirst(t *testing.T) {
 // back after it released the lock (it republishes for the vacancy if it campaigns again).
 func TestDecideIgnoresTheLastHoldersLeftover(t *testing.T) {
 	tm := DefaultTiming()
-	leftover := Candidate{Info: Info{ID: "a", Position: Position{Term: 1, Seq: 10}, CaughtUp: true}, Live: true}
-	self := Info{ID: "b", Position: Position{Term: 1, Seq: 10}, CaughtUp: true}
-	v := Vacancy{Term: 2, HighWater: HighWater{Term: 2, Position: Position{Term: 1, Seq: 10}}, Holder: "a"}
+	leftover := Candidate{Info: Info{ID: "a", Position: core.Position{Term: 1, Seq: 10}, CaughtUp: true}, Live: true}
+	self := Info{ID: "b", Position: core.Position{Term: 1, Seq: 10}, CaughtUp: true}
+	v := Vacancy{Term: 2, HighWater: HighWater{Term: 2, Position: core.Position{Term: 1, Seq: 10}}, Holder: "a"}
 	if d := Decide(self, v, []Candidate{leftover}, tm); d.Rank != 0 || d.Delay != 0 {
 		t.Fatalf("Decide = %+v: the old master's leftover candidacy holds b back", d)
 	}

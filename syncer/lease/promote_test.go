@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 )
 
 // The promotion rule (highwater.go), interleaving by interleaving, on the in-memory group.
@@ -18,7 +20,7 @@ func memTiming() Timing {
 		RetryEvery: 20 * time.Millisecond, RankDelay: 250 * time.Millisecond, MaxRankDelay: 750 * time.Millisecond}
 }
 
-func pos(term, seq uint64) Position { return Position{Term: term, Seq: seq} }
+func pos(term, seq uint64) core.Position { return core.Position{Term: term, Seq: seq} }
 
 // member is one instance's view of itself, changeable while it campaigns.
 type member struct {
@@ -26,13 +28,13 @@ type member struct {
 	cur atomic.Value // Info
 }
 
-func newMember(id string, p Position, caughtUp bool) *member {
+func newMember(id string, p core.Position, caughtUp bool) *member {
 	m := &member{id: id}
 	m.set(p, caughtUp)
 	return m
 }
 
-func (m *member) set(p Position, caughtUp bool) {
+func (m *member) set(p core.Position, caughtUp bool) {
 	m.cur.Store(Info{ID: m.id, Address: m.id + ":7400", Position: p, CaughtUp: caughtUp})
 }
 
@@ -82,7 +84,7 @@ func (s slowAcquire) Acquire(ctx context.Context, info Info) (Lease, error) {
 }
 
 // mastership has id take the lock at start (a master), publish its candidacy, and mark hw.
-func mastership(t *testing.T, l *MemoryLeaser, id string, start, hw Position) Lease {
+func mastership(t *testing.T, l *MemoryLeaser, id string, start, hw core.Position) Lease {
 	t.Helper()
 	ctx := context.Background()
 	ls, err := l.Acquire(ctx, Info{ID: id, Position: start, CaughtUp: true})
@@ -269,8 +271,8 @@ func TestPromotionPositionsAcrossTerms(t *testing.T) {
 	expectWinner(t, "synced", 3*time.Second, map[string]<-chan won{"restarted": cR, "synced": cS})
 
 	for _, tc := range []struct {
-		p    Position
-		hw   Position
+		p    core.Position
+		hw   core.Position
 		want bool
 	}{
 		{pos(4, 0), pos(3, 1234), true},     // a later term holds every earlier published position

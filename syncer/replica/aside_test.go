@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/tree"
 )
 
@@ -96,20 +97,22 @@ func writeTestFile(t *testing.T, p, s string) {
 
 func TestAsideOnlyBeyondTheStartOfTheSameTerm(t *testing.T) {
 	for _, tc := range []struct {
-		prev, base Position
+		prev, base core.Position
 		synced     bool
 		term       uint64
 		want       bool
 	}{
-		{Position{3, 505}, Position{3, 500}, true, 4, true},   // lost the race by 5 ops
-		{Position{3, 500}, Position{3, 500}, true, 4, false},  // exactly the start
-		{Position{3, 400}, Position{3, 500}, true, 4, false},  // merely behind: overwrite
-		{Position{4, 9}, Position{3, 500}, true, 4, false},    // this master's own term: resume
-		{Position{3, 505}, Position{3, 500}, false, 4, false}, // a partial copy holds nothing whole
-		{Position{3, 505}, Position{}, true, 4, false},        // start unknown (static roles)
+		{pos(3, 505), pos(3, 500), true, 4, true},      // lost the race by 5 ops
+		{pos(3, 500), pos(3, 500), true, 4, false},     // exactly the start
+		{pos(3, 400), pos(3, 500), true, 4, false},     // merely behind: overwrite
+		{pos(4, 9), pos(3, 500), true, 4, false},       // this master's own term: resume
+		{pos(3, 505), pos(3, 500), false, 4, false},    // a partial copy holds nothing whole
+		{pos(3, 505), core.Position{}, true, 4, false}, // start unknown (static roles)
 	} {
 		if got := aside(tc.prev, tc.synced, tc.term, tc.base) != ""; got != tc.want {
 			t.Errorf("aside(%+v, synced %v, term %d, base %+v) = %v, want %v", tc.prev, tc.synced, tc.term, tc.base, got, tc.want)
 		}
 	}
 }
+
+func pos(term, seq uint64) core.Position { return core.Position{Term: term, Seq: seq} }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/tree"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/wire"
 )
@@ -28,7 +29,7 @@ type CloneConfig struct {
 	State      *StateStore
 	Owners     bool
 	// OnProgress is told about initial sync progress (throttled).
-	OnProgress func(Progress)
+	OnProgress func(core.Progress)
 	// Dial overrides net.Dialer (tests).
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
 	// Base is the position the master started its term from (what it wrote into the lock
@@ -36,19 +37,19 @@ type CloneConfig struct {
 	// same term holds data the master does not (it lost the promotion to a less advanced
 	// clone): its divergent files are moved aside before the initial sync, like a former
 	// master's.
-	Base Position
+	Base core.Position
 }
 
 // CloneState is what a clone knows about itself.
 type CloneState struct {
-	Position  Position `json:"position"`
-	MasterSeq uint64   `json:"master_seq"`
-	Connected bool     `json:"connected"`
-	Synced    bool     `json:"synced"`
-	CaughtUp  bool     `json:"caught_up"`
-	Healthy   bool     `json:"healthy"`
-	Error     string   `json:"error,omitempty"`
-	Progress  Progress `json:"initial_sync"`
+	Position  core.Position `json:"position"`
+	MasterSeq uint64        `json:"master_seq"`
+	Connected bool          `json:"connected"`
+	Synced    bool          `json:"synced"`
+	CaughtUp  bool          `json:"caught_up"`
+	Healthy   bool          `json:"healthy"`
+	Error     string        `json:"error,omitempty"`
+	Progress  core.Progress `json:"initial_sync"`
 	// Stalled is true when nothing came from the master (no op, no heartbeat, no
 	// connection) for stallAfter outside an initial sync; Silence says for how long.
 	Stalled bool    `json:"stalled,omitempty"`
@@ -75,7 +76,7 @@ type Clone struct {
 	lastProg  time.Time
 	// recorded is the position last written to the state file: the position this clone
 	// acknowledges (see record).
-	recorded Position
+	recorded core.Position
 	// heard is when the last frame came from the master (or the clone started); bulk is
 	// true during an initial sync, when silences are the clone's own work (watch).
 	heard time.Time
@@ -109,14 +110,14 @@ func NewClone(cfg CloneConfig) *Clone {
 // highest acknowledged position as the group's high-water mark, and a restarted clone claims
 // the position it recorded (lease/highwater.go). The data is synced first, so the record is
 // never ahead of the data; a crash before the record only makes the clone claim less.
-func (c *Clone) record(pos Position) error {
+func (c *Clone) record(pos core.Position) error {
 	c.mu.Lock()
 	done := c.recorded == pos
 	c.mu.Unlock()
 	if done {
 		return nil
 	}
-	if err := c.cfg.State.Update(func(st *State) { st.Position, st.Role = pos, "clone" }); err != nil {
+	if err := c.cfg.State.Update(func(st *State) { st.Position, st.Role = pos, core.RoleClone }); err != nil {
 		return applyError{fmt.Errorf("record position %d/%d: %w", pos.Term, pos.Seq, err)}
 	}
 	c.mu.Lock()
@@ -532,7 +533,7 @@ func (s *session) initialSync(ctx context.Context, f wire.Frame) error {
 	}
 	tPlan := time.Now()
 	c.mu.Lock()
-	c.st.Progress = Progress{FilesTotal: int64(len(p.requests)), BytesTotal: p.bytes}
+	c.st.Progress = core.Progress{FilesTotal: int64(len(p.requests)), BytesTotal: p.bytes}
 	c.st.Synced = false
 	c.mu.Unlock()
 	c.progress(true)
@@ -573,9 +574,9 @@ func (s *session) initialSync(ctx context.Context, f wire.Frame) error {
 	}
 	c.log.Debug("initial sync timings", "manifest", tManifest.Sub(tStart).String(), "reconcile", tPlan.Sub(tManifest).String(),
 		"transfer", tFiles.Sub(tPlan).String(), "dirs", tData.Sub(tFiles).String(), "sync", time.Since(tData).String())
-	pos := Position{Term: s.term, Seq: snap}
+	pos := core.Position{Term: s.term, Seq: snap}
 	if err := c.cfg.State.Update(func(st *State) {
-		st.Position, st.Synced, st.Role = pos, true, "clone"
+		st.Position, st.Synced, st.Role = pos, true, core.RoleClone
 	}); err != nil {
 		return applyError{err}
 	}
@@ -617,8 +618,8 @@ func (c *Clone) progress(force bool) {
 // Only the same-term case is decided here: a copy of a term older than base's would need the
 // start of every term in between to be judged; those are a former master's case (below) or a
 // copy that slept through a whole term, whose data is overwritten as before.
-func aside(prev Position, synced bool, term uint64, base Position) string {
-	if !synced || base == (Position{}) || prev.Term >= term || prev.Term != base.Term || prev.Seq <= base.Seq {
+func aside(prev core.Position, synced bool, term uint64, base core.Position) string {
+	if !synced || base == (core.Position{}) || prev.Term >= term || prev.Term != base.Term || prev.Seq <= base.Seq {
 		return ""
 	}
 	return fmt.Sprintf("term%d-seq%d-beyond-seq%d", prev.Term, prev.Seq, base.Seq)
@@ -631,7 +632,7 @@ func aside(prev Position, synced bool, term uint64, base Position) string {
 func (c *Clone) reconcileLocal(master map[string]*tree.Entry, term uint64, beyond string) (*plan, error) {
 	local := c.local
 	st := c.cfg.State.Get()
-	former := st.Role == "master" && st.MasterTerm < term
+	former := st.Role == core.RoleMaster && st.MasterTerm < term
 	if former || beyond != "" {
 		name := fmt.Sprintf("term%d", st.MasterTerm)
 		if beyond != "" {
@@ -892,7 +893,7 @@ func (s *session) stream(ctx context.Context) error {
 		}
 		if applied {
 			c.mu.Lock()
-			c.st.Position = Position{Term: s.term, Seq: f.Seq}
+			c.st.Position = core.Position{Term: s.term, Seq: f.Seq}
 			c.st.MasterSeq = max(c.st.MasterSeq, f.Seq)
 			c.mu.Unlock()
 			c.cfg.Metrics.Seq.Set(float64(f.Seq))

@@ -33,22 +33,10 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/wire"
 )
-
-// Position is a replication position: ops up to Seq of Term are applied.
-type Position struct {
-	Term uint64 `json:"term"`
-	Seq  uint64 `json:"seq"`
-}
-
-// Less orders positions by term, then sequence.
-func (p Position) Less(q Position) bool {
-	return p.Term < q.Term || (p.Term == q.Term && p.Seq < q.Seq)
-}
 
 // Errors callers can test for.
 var (
@@ -79,17 +67,4 @@ func randomSession() uint64 {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return binary.BigEndian.Uint64(b[:]) | 1
-}
-
-// Progress of an initial sync, for task events and metrics.
-type Progress struct {
-	FilesTotal int64 `json:"files_total"`
-	FilesDone  int64 `json:"files_done"`
-	BytesTotal int64 `json:"bytes_total"`
-	BytesDone  int64 `json:"bytes_done"`
-	Done       bool  `json:"done"`
-}
-
-func (p Progress) String() string {
-	return fmt.Sprintf("%d/%d files, %d/%d bytes", p.FilesDone, p.FilesTotal, p.BytesDone, p.BytesTotal)
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 )
 
 // flushSettle is how long a flush waits for inotify events already queued by the kernel to
@@ -16,7 +18,7 @@ const flushSettle = 20 * time.Millisecond
 // clone that takes over then holds what the app wrote last, instead of leaving it to the old
 // master's lost+found. It returns the head it waited for; ctx bounds the wait (a clone that
 // does not keep up must not hold the hand-over for long).
-func (m *Master) Drain(ctx context.Context) (Position, error) {
+func (m *Master) Drain(ctx context.Context) (core.Position, error) {
 	done := make(chan struct{})
 	select {
 	case m.flushReq <- done:
@@ -48,7 +50,7 @@ func (m *Master) Drain(ctx context.Context) (Position, error) {
 }
 
 // ackedBy tells whether every connected clone on the live stream acknowledged head.
-func (m *Master) ackedBy(head Position) bool {
+func (m *Master) ackedBy(head core.Position) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for c := range m.clones {

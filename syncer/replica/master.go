@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/zeebo/xxh3"
 
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/tree"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/wire"
 )
@@ -80,7 +81,7 @@ type Master struct {
 	// acked is the highest position of this term any clone has acknowledged (applied,
 	// synced and recorded), whether or not it is still connected: the high-water mark the
 	// election publishes (see lease/highwater.go).
-	acked Position
+	acked core.Position
 }
 
 // NewMaster prepares a master; Run starts it.
@@ -158,16 +159,16 @@ func (m *Master) appendOps(ops []*op) {
 }
 
 // Position is the master's head.
-func (m *Master) Position() Position {
+func (m *Master) Position() core.Position {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return Position{Term: m.cfg.Term, Seq: m.head}
+	return core.Position{Term: m.cfg.Term, Seq: m.head}
 }
 
 // HighWater is the highest position of this term that a clone has acknowledged: a clone
 // acknowledges only what it applied, synced and recorded, so a copy at this position exists
 // outside this master. Zero until the first acknowledgement.
-func (m *Master) HighWater() Position {
+func (m *Master) HighWater() core.Position {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.acked
@@ -502,7 +503,7 @@ type cloneConn struct {
 	id     string
 	w      *bufio.Writer
 	wmu    sync.Mutex
-	acked  Position
+	acked  core.Position
 	synced bool
 	sent   int64
 	files  int64
@@ -678,7 +679,7 @@ func (m *Master) serve(ctx context.Context, conn net.Conn, release func()) {
 	if resume {
 		log.Info("clone resumes", "from", resumeFrom)
 		m.mu.Lock()
-		c.acked = Position{Term: m.cfg.Term, Seq: resumeFrom}
+		c.acked = core.Position{Term: m.cfg.Term, Seq: resumeFrom}
 		c.synced = true
 		m.mu.Unlock()
 		c.wmu.Lock()
@@ -767,7 +768,7 @@ func (c *cloneConn) ack(f wire.Frame) {
 	m := c.m
 	m.mu.Lock()
 	if f.Term == m.cfg.Term && f.Seq <= m.head && f.Seq >= c.acked.Seq {
-		c.acked = Position{Term: f.Term, Seq: f.Seq}
+		c.acked = core.Position{Term: f.Term, Seq: f.Seq}
 		if m.acked.Less(c.acked) {
 			m.acked = c.acked
 		}

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/tree"
 )
 
@@ -18,9 +19,9 @@ type State struct {
 	// Term is the highest term seen; older terms are refused.
 	Term uint64 `json:"term"`
 	// Position is the last position applied (clone) or produced (master).
-	Position Position `json:"position"`
-	// Role is "master" or "clone": the role this node last held.
-	Role string `json:"role"`
+	Position core.Position `json:"position"`
+	// Role is the role this node last held: master or clone.
+	Role core.Role `json:"role"`
 	// MasterTerm is the term in which this node was last master; a former
 	// master moves its divergent data aside before it resyncs.
 	MasterTerm uint64 `json:"master_term,omitempty"`

@@ -92,13 +92,7 @@ func (h *taskHandle) fence(ctx context.Context) error {
 	deadline := time.Now().Add(2 * stopGrace)
 	for h.containerRunning(ctx) {
 		if time.Now().After(deadline) {
-			cli, err := h.d.client()
-			if err != nil {
-				return err
-			}
-			h.fenced.Store(true)
-			h.killedByUs.Store(true)
-			if err := cli.ContainerKill(ctx, h.containerID, "SIGKILL"); err != nil && !isGoneOrStopped(err) {
+			if err := h.kill(ctx, killRequest{fence: true}); err != nil {
 				return fmt.Errorf("killing the app: %w", err)
 			}
 			deadline = time.Now().Add(fenceTimeout)
@@ -156,12 +150,7 @@ func (h *taskHandle) syncerWatchdog(ctx context.Context, period time.Duration) {
 			if silent < period {
 				continue
 			}
-			cli, err := h.d.client()
-			if err != nil {
-				continue
-			}
-			h.killedByUs.Store(true)
-			if err := cli.ContainerKill(ctx, h.containerID, "SIGKILL"); err != nil && !isGoneOrStopped(err) {
+			if err := h.kill(ctx, killRequest{}); err != nil {
 				h.d.logger.Warn("watchdog: killing a silent syncer failed", "task_id", h.taskID, "error", err)
 				continue
 			}

@@ -2,7 +2,6 @@ package driver
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -442,34 +441,8 @@ func (h *taskHandle) startGated(ctx context.Context) (<-chan container.WaitRespo
 // stopGated stops a running gated container within the stop budget:
 // SIGTERM, stopGrace, SIGKILL, and waits for the exit it caused.
 func (h *taskHandle) stopGated(ctx context.Context, exitC <-chan container.WaitResponse, errC <-chan error) error {
-	cli, err := h.d.client()
-	if err != nil {
-		return err
-	}
-	h.killedByUs.Store(true)
-	if err := cli.ContainerKill(ctx, h.containerID, "SIGTERM"); err != nil && !isGoneOrStopped(err) {
-		return fmt.Errorf("sending SIGTERM: %w", err)
-	}
-	select {
-	case <-exitC:
-		return nil
-	case <-time.After(stopGrace):
-	case <-ctx.Done():
-		return fmt.Errorf("stopping gated app: %w", ctx.Err())
-	}
-	if err := cli.ContainerKill(ctx, h.containerID, "SIGKILL"); err != nil && !isGoneOrStopped(err) {
-		return fmt.Errorf("sending SIGKILL: %w", err)
-	}
-	select {
-	case <-exitC:
-		return nil
-	case err := <-errC:
-		return fmt.Errorf("waiting for the gated app: %w", err)
-	case <-time.After(10 * time.Second):
-		return errors.New("gated app did not stop after SIGKILL")
-	case <-ctx.Done():
-		return fmt.Errorf("stopping gated app: %w", ctx.Err())
-	}
+	return h.kill(ctx, killRequest{signal: "SIGTERM", exited: exitOf(ctx, exitC), grace: stopGrace,
+		failed: errC, killWait: 10 * time.Second, what: "gated app"})
 }
 
 // containerRunning asks the engine; an error counts as running so that a

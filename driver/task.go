@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"syscall"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -237,46 +236,14 @@ func (d *Driver) StopTask(ctx context.Context, taskID string, timeout time.Durat
 	if signal == "" {
 		signal = "SIGTERM"
 	}
-	sig, err := parseSignal(signal)
-	if err != nil {
+	if _, err := parseSignal(signal); err != nil {
 		return plugin.NewFatalError(err)
 	}
-	cli, err := d.client()
-	if err != nil {
+	err := h.kill(ctx, killRequest{signal: signal, exited: h.exited, grace: timeout, killWait: 30 * time.Second, what: "task", tell: true})
+	if err != nil && ctx.Err() == nil {
 		return plugin.NewRecoverableError(err)
 	}
-	if sig == int(syscall.SIGKILL) {
-		h.killedByUs.Store(true)
-	}
-	if err := cli.ContainerKill(ctx, h.containerID, signal); err != nil && !isGoneOrStopped(err) {
-		return plugin.NewRecoverableError(fmt.Errorf("sending %s: %w", signal, err))
-	}
-	select {
-	case <-h.exited:
-		return nil
-	case <-time.After(timeout):
-	case <-ctx.Done():
-		return fmt.Errorf("stopping task: %w", ctx.Err())
-	}
-	d.emit(h, "Container did not stop within %s of %s; sending SIGKILL", timeout, signal)
-	h.killedByUs.Store(true)
-	if err := cli.ContainerKill(ctx, h.containerID, "SIGKILL"); err != nil && !isGoneOrStopped(err) {
-		return plugin.NewRecoverableError(fmt.Errorf("sending SIGKILL: %w", err))
-	}
-	select {
-	case <-h.exited:
-		return nil
-	case <-time.After(30 * time.Second):
-		return plugin.NewRecoverableError(errors.New("container did not stop after SIGKILL"))
-	case <-ctx.Done():
-		return fmt.Errorf("stopping task: %w", ctx.Err())
-	}
-}
-
-// isGoneOrStopped is true for kill errors that mean there is nothing to
-// signal any more.
-func isGoneOrStopped(err error) bool {
-	return cerrdefs.IsNotFound(err) || cerrdefs.IsConflict(err) || strings.Contains(err.Error(), "is not running")
+	return err
 }
 
 // DestroyTask removes the container (killing it when force is set) and
@@ -293,16 +260,18 @@ func (d *Driver) DestroyTask(ctx context.Context, taskID string, force bool) err
 	if err != nil {
 		return plugin.NewRecoverableError(err)
 	}
-	h.killedByUs.Store(true)
 	switch {
 	case h.containerID == "":
 		// A lost task (see lostHandle): nothing to remove.
+		h.killedByUs.Store(true)
 	case d.settings().gcContainer:
+		// The forced removal kills the container: its exit is ours.
+		h.killedByUs.Store(true)
 		if err := cli.ContainerRemove(ctx, h.containerID, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !cerrdefs.IsNotFound(err) {
 			return plugin.NewRecoverableError(fmt.Errorf("removing container %s: %w", shortID(h.containerID), err))
 		}
 	default:
-		if err := cli.ContainerKill(ctx, h.containerID, "SIGKILL"); err != nil && !isGoneOrStopped(err) {
+		if err := h.kill(ctx, killRequest{}); err != nil {
 			return plugin.NewRecoverableError(fmt.Errorf("killing container %s: %w", shortID(h.containerID), err))
 		}
 	}
@@ -344,18 +313,10 @@ func (d *Driver) SignalTask(ctx context.Context, taskID string, signal string) e
 	if err != nil {
 		return err
 	}
-	sig, err := parseSignal(signal)
-	if err != nil {
+	if _, err := parseSignal(signal); err != nil {
 		return plugin.NewFatalError(err)
 	}
-	cli, err := d.client()
-	if err != nil {
-		return plugin.NewRecoverableError(err)
-	}
-	if sig == int(syscall.SIGKILL) {
-		h.killedByUs.Store(true)
-	}
-	if err := cli.ContainerKill(ctx, h.containerID, signal); err != nil {
+	if err := h.kill(ctx, killRequest{signal: signal, strict: true}); err != nil {
 		return fmt.Errorf("signalling task: %w", err)
 	}
 	return nil

@@ -24,6 +24,7 @@ import (
 //
 //	go test -run '^$' -bench StartVsDockerRun -benchtime 1x ./driver/
 func BenchmarkStartVsDockerRun(b *testing.B) {
+	requireDocker(b)
 	const samples = 20
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()

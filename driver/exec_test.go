@@ -11,6 +11,7 @@ import (
 
 // Exec conformance, as `nomad alloc exec` uses it.
 func TestExecConformance(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	task := start(t, c, harness.TaskSpec{Config: appConfig(sleepArgs)})
 

@@ -74,6 +74,7 @@ func waitAsync(t *testing.T, c *harness.Client, task *harness.Task) <-chan *plug
 }
 
 func TestGatedAppFollowsTheRole(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	task, a := gatedTask(t, c, `args = ["sleep", "300"]`)
 	if err := c.StartTask(ctxFor(t, 60*time.Second), task); err != nil {
@@ -137,6 +138,7 @@ func TestGatedAppFollowsTheRole(t *testing.T) {
 
 // An app that exits by itself while master ends the task with its code.
 func TestGatedAppExitAsMaster(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	task, a := gatedTask(t, c, `args = ["sh", "-c", "exit 3"]`)
 	if err := c.StartTask(ctxFor(t, 60*time.Second), task); err != nil {
@@ -159,6 +161,7 @@ func TestGatedAppExitAsMaster(t *testing.T) {
 
 // A plugin crash neither stops a running master's app nor starts a clone's.
 func TestGatedAppSurvivesPluginCrash(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	task, a := gatedTask(t, c, `args = ["sleep", "300"]`)
 	if err := c.StartTask(ctxFor(t, 60*time.Second), task); err != nil {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,7 +15,8 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/client"
 
-	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/testimage"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil/testimage"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin/harness"
 )
@@ -22,7 +24,11 @@ import (
 // These tests drive the built plugin binary through plugin/harness against
 // the real Docker engine, with the locally built test image.
 
+// Set up by requireDocker.
 var (
+	setupOnce sync.Once
+	pluginErr error
+	dockerErr error
 	pluginBin string
 	testImage string
 	dockerCli *client.Client
@@ -35,22 +41,29 @@ const basePluginHCL = `gc {
 }
 `
 
-func TestMain(m *testing.M) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	var err error
-	pluginBin, err = harness.BuildPlugin()
-	if err == nil {
-		testImage, err = testimage.Build(ctx)
+// requireDocker readies what the Docker-needing tests share — the plugin binary, the test
+// image and a Docker client — once per test binary, and ends a test that cannot have the image
+// or the engine through testutil.Missing (skipped, or failed with CI=true). The tests of the
+// driver package that need no Docker (the gate, its events, the config) run either way.
+func requireDocker(t testing.TB) {
+	t.Helper()
+	setupOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		if pluginBin, pluginErr = harness.BuildPlugin(); pluginErr != nil {
+			return
+		}
+		if testImage, dockerErr = testimage.Build(ctx); dockerErr != nil {
+			return
+		}
+		dockerCli, dockerErr = client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	})
+	if pluginErr != nil {
+		t.Fatalf("driver tests need the plugin binary: %v", pluginErr)
 	}
-	if err == nil {
-		dockerCli, err = client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if dockerErr != nil {
+		testutil.Missing(t, "needs the test image and a Docker engine: %v", dockerErr)
 	}
-	cancel()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "driver tests need the plugin binary, the test image and a Docker engine:", err)
-		os.Exit(1)
-	}
-	os.Exit(m.Run())
 }
 
 func ctxFor(t *testing.T, d time.Duration) context.Context {
@@ -64,6 +77,7 @@ func ctxFor(t *testing.T, d time.Duration) context.Context {
 // plugin config appended to basePluginHCL.
 func startAgent(t *testing.T, extraHCL string) *harness.Client {
 	t.Helper()
+	requireDocker(t)
 	ctx := ctxFor(t, 90*time.Second)
 	c, err := harness.StartAgent(ctx, harness.Options{Binary: pluginBin}, basePluginHCL+extraHCL)
 	if err != nil {
@@ -222,6 +236,7 @@ func httpGet(t *testing.T, url string, within time.Duration) string {
 }
 
 func TestSmokeLifecycle(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	task := start(t, c, harness.TaskSpec{
 		Config: appConfig(`args = ["/testapp", "log", "3", "-stderr"]`),

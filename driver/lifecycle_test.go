@@ -19,6 +19,7 @@ import (
 // Bad input gets an error naming the field, is not retried, and creates no
 // container.
 func TestBadInputCreatesNothing(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	cases := []struct {
 		name   string
@@ -84,6 +85,7 @@ func withDefaults(s harness.TaskSpec) harness.TaskSpec {
 }
 
 func TestMissingImageIsClear(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	task := prepare(t, c, harness.TaskSpec{Config: `image = "127.0.0.1:1/nope:latest"`})
 	began := time.Now()
@@ -100,6 +102,7 @@ func TestMissingImageIsClear(t *testing.T) {
 }
 
 func TestExitCodeAndSignal(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	task := start(t, c, harness.TaskSpec{Config: appConfig(`args = ["/testapp", "exit", "3"]`)})
 	if res := waitExit(t, c, task, 30*time.Second); res.ExitCode != 3 || res.Signal != 0 || res.OOMKilled {
@@ -127,6 +130,7 @@ func TestExitCodeAndSignal(t *testing.T) {
 }
 
 func TestStopHonoursSignalAndTimeout(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	// The job's kill_signal reaches the app, which exits on it.
 	task := start(t, c, harness.TaskSpec{Config: appConfig(`args = ["/testapp", "trap", "-exit", "7"]`)})
@@ -182,6 +186,7 @@ func TestStopHonoursSignalAndTimeout(t *testing.T) {
 }
 
 func TestOOMIsReported(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	task := start(t, c, harness.TaskSpec{Config: appConfig(`args = ["/testapp", "oom", "256"]`), MemoryMB: 16})
 	res := waitExit(t, c, task, 60*time.Second)
@@ -191,6 +196,7 @@ func TestOOMIsReported(t *testing.T) {
 }
 
 func TestStatsEachIntervalAndStopOnCancel(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	task := start(t, c, harness.TaskSpec{Config: appConfig(`args = ["sh", "-c", "while :; do :; done"]`), CPU: 500, MemoryMB: 64})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -250,6 +256,7 @@ func TestStatsEachIntervalAndStopOnCancel(t *testing.T) {
 // (the harness sends the handle without driver config): same container,
 // not restarted, and fully operable (exec, signal, stop, wait).
 func TestRecoveryAfterPluginKill(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	task := start(t, c, harness.TaskSpec{Config: appConfig(`args = ["/testapp", "trap", "-exit", "5"]`)})
 	before := containerOf(t, task)
@@ -301,6 +308,7 @@ func TestRecoveryAfterPluginKill(t *testing.T) {
 // A task whose container is gone is recovered as exited with an error
 // (Nomad then applies the restart policy); an unknown id likewise.
 func TestRecoverMissingContainer(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	task := start(t, c, harness.TaskSpec{Config: appConfig(sleepArgs)})
 	ctx := ctxFor(t, 60*time.Second)
@@ -335,6 +343,7 @@ func TestRecoverMissingContainer(t *testing.T) {
 }
 
 func TestTaskEventsOnPullFailure(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -369,6 +378,7 @@ func TestTaskEventsOnPullFailure(t *testing.T) {
 
 // Unreadable driver_state: the container is found by its task id label.
 func TestRecoverByLabel(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	task := start(t, c, harness.TaskSpec{Config: appConfig(sleepArgs)})
 	ctx := ctxFor(t, 60*time.Second)
@@ -387,6 +397,7 @@ func TestRecoverByLabel(t *testing.T) {
 // Nomad restarting a task of the same allocation reuses the container
 // name; an exited earlier attempt that was not destroyed is replaced.
 func TestRestartAttemptReplacesExitedContainer(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	first := start(t, c, harness.TaskSpec{Config: appConfig(`args = ["/testapp", "exit", "1"]`)})
 	waitExit(t, c, first, 30*time.Second)

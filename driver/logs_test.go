@@ -51,6 +51,7 @@ func loggerPID(t *testing.T, task *harness.Task) int {
 // Logs keep flowing while the plugin is killed and replaced: the detached
 // follower survives and is adopted, no line is lost or repeated.
 func TestLogsSurvivePluginKill(t *testing.T) {
+	requireDocker(t)
 	const n = 300
 	c := startAgent(t, "")
 	task := start(t, c, harness.TaskSpec{Config: appConfig(fmt.Sprintf(`args = ["/testapp", "log", "%d", "-every", "10ms", "-stderr", "-then", "sleep"]`, n))})
@@ -79,6 +80,7 @@ func TestLogsSurvivePluginKill(t *testing.T) {
 // plugin starts a new one that resumes from the recorded position: nothing
 // lost, at most one duplicate per stream (the documented bound).
 func TestLogsResumeAfterFollowerKill(t *testing.T) {
+	requireDocker(t)
 	const n = 300
 	c := startAgent(t, "")
 	task := start(t, c, harness.TaskSpec{Config: appConfig(fmt.Sprintf(`args = ["/testapp", "log", "%d", "-every", "10ms", "-stderr", "-then", "sleep"]`, n))})
@@ -114,6 +116,7 @@ func TestLogsResumeAfterFollowerKill(t *testing.T) {
 
 // The last lines of a task that exits right away are not lost.
 func TestLogsOfShortTask(t *testing.T) {
+	requireDocker(t)
 	const n = 2000
 	c := startAgent(t, "")
 	task := start(t, c, harness.TaskSpec{Config: appConfig(fmt.Sprintf(`args = ["/testapp", "log", "%d"]`, n))})
@@ -129,6 +132,7 @@ func TestLogsOfShortTask(t *testing.T) {
 // A line longer than the engine's 16 KiB message size arrives whole, with
 // no timestamps of the engine's inner pieces in it.
 func TestLogsLongLine(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	task := start(t, c, harness.TaskSpec{Config: appConfig(`args = ["sh", "-c", "head -c 40000 /dev/zero | tr '\\0' x; echo; echo done"]`)})
 	waitExit(t, c, task, 30*time.Second)

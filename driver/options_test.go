@@ -24,6 +24,7 @@ import (
 const sleepArgs = `args = ["/testapp", "sleep", "1h"]`
 
 func TestOptionCommandAndArgs(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	task := start(t, c, harness.TaskSpec{Config: appConfig(`command = "/testapp"`, `args = ["log", "2"]`)})
 	if res := waitExit(t, c, task, 30*time.Second); !res.Successful() {
@@ -35,6 +36,7 @@ func TestOptionCommandAndArgs(t *testing.T) {
 }
 
 func TestOptionEntrypoint(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	task := start(t, c, harness.TaskSpec{Config: appConfig(`entrypoint = ["/testapp", "log"]`, `args = ["4"]`)})
 	if res := waitExit(t, c, task, 30*time.Second); !res.Successful() {
@@ -46,6 +48,7 @@ func TestOptionEntrypoint(t *testing.T) {
 }
 
 func TestOptionPortsWithTo(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	task := start(t, c, harness.TaskSpec{
 		Config: appConfig(`ports = ["http"]`, `args = ["/testapp", "serve", "-addr", ":8080"]`),
@@ -72,6 +75,7 @@ func TestOptionPortsWithTo(t *testing.T) {
 }
 
 func TestOptionEnv(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	task := start(t, c, harness.TaskSpec{
 		Config: appConfig(`env = { FROM_CONFIG = "yes", GREETING = "config wins" }`, sleepArgs),
@@ -86,6 +90,7 @@ func TestOptionEnv(t *testing.T) {
 }
 
 func TestOptionLabels(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	task := start(t, c, harness.TaskSpec{Config: appConfig(`labels = { team = "bedrock", tier = "db" }`, sleepArgs)})
 	l := containerOf(t, task).Config.Labels
@@ -107,6 +112,7 @@ func TestOptionLabels(t *testing.T) {
 }
 
 func TestOptionNomadDirsAndData(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	task := start(t, c, harness.TaskSpec{Config: appConfig(`data = "/data"`, sleepArgs)})
 	// Host side files are visible inside.
@@ -127,6 +133,7 @@ func TestOptionNomadDirsAndData(t *testing.T) {
 }
 
 func TestOptionVolumeMounts(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	host := t.TempDir()
 	if err := os.WriteFile(filepath.Join(host, "v.txt"), []byte("volume"), 0o644); err != nil {
@@ -143,6 +150,7 @@ func TestOptionVolumeMounts(t *testing.T) {
 }
 
 func TestOptionMountBlocks(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	spec := harness.TaskSpec{Config: appConfig(`
 mount {
@@ -179,6 +187,7 @@ mount {
 }
 
 func TestOptionWorkDirUserHostname(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	task := start(t, c, harness.TaskSpec{Config: appConfig(`work_dir = "/tmp"`, `user = "65534:65534"`, `hostname = "bedrock-host"`, `args = ["/testapp", "whoami"]`)})
 	waitExit(t, c, task, 30*time.Second)
@@ -188,6 +197,7 @@ func TestOptionWorkDirUserHostname(t *testing.T) {
 }
 
 func TestOptionTaskUser(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	task := start(t, c, harness.TaskSpec{Config: appConfig(`args = ["/testapp", "whoami"]`), User: "nobody"})
 	waitExit(t, c, task, 30*time.Second)
@@ -197,6 +207,7 @@ func TestOptionTaskUser(t *testing.T) {
 }
 
 func TestOptionNetworkModeHost(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	port, err := harness.FreePort("127.0.0.1")
 	if err != nil {
@@ -213,6 +224,7 @@ func TestOptionNetworkModeHost(t *testing.T) {
 }
 
 func TestOptionDNS(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	task := start(t, c, harness.TaskSpec{Config: appConfig(
 		`dns_servers = ["10.9.8.7"]`, `dns_search_domains = ["example.internal"]`, `dns_options = ["ndots:3"]`, sleepArgs)})
@@ -241,6 +253,7 @@ func capBit(t *testing.T, status string, n uint) bool {
 }
 
 func TestOptionCapabilities(t *testing.T) {
+	requireDocker(t)
 	const netRaw, sysAdmin = 13, 21
 	c := startAgent(t, "")
 	task := start(t, c, harness.TaskSpec{Config: appConfig(`cap_add = ["SYS_ADMIN"]`, `cap_drop = ["NET_RAW"]`, sleepArgs)})
@@ -251,6 +264,7 @@ func TestOptionCapabilities(t *testing.T) {
 }
 
 func TestOptionPrivileged(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	bad := prepare(t, c, harness.TaskSpec{Config: appConfig(`privileged = true`, sleepArgs)})
 	err := c.StartTask(ctxFor(t, 30*time.Second), bad)
@@ -282,6 +296,7 @@ func TestOptionPrivileged(t *testing.T) {
 }
 
 func TestOptionInit(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	task := start(t, c, harness.TaskSpec{Config: appConfig(`init = true`, sleepArgs)})
 	out, _ := execIn(t, c, task, "cat", "/proc/1/cmdline")
@@ -291,6 +306,7 @@ func TestOptionInit(t *testing.T) {
 }
 
 func TestOptionTTY(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	task := start(t, c, harness.TaskSpec{Config: appConfig(`tty = true`, `interactive = true`, `args = ["sh", "-c", "test -t 1 && echo on-a-tty; /testapp log 2"]`)})
 	if cfg := containerOf(t, task).Config; !cfg.Tty || !cfg.OpenStdin {
@@ -306,6 +322,7 @@ func TestOptionTTY(t *testing.T) {
 }
 
 func TestOptionShmSize(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	task := start(t, c, harness.TaskSpec{Config: appConfig(`shm_size = 134217728`, sleepArgs)})
 	out, _ := execIn(t, c, task, "df", "-k", "/dev/shm")
@@ -315,6 +332,7 @@ func TestOptionShmSize(t *testing.T) {
 }
 
 func TestOptionUlimit(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	// busybox's sh reports the limits as set (a Go program raises its own
 	// soft limit at startup).
@@ -326,6 +344,7 @@ func TestOptionUlimit(t *testing.T) {
 }
 
 func TestOptionResources(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	task := start(t, c, harness.TaskSpec{Config: appConfig(sleepArgs), CPU: 250, MemoryMB: 64, MemoryMaxMB: 128})
 	hc := containerOf(t, task).HostConfig
@@ -349,6 +368,7 @@ func TestOptionResources(t *testing.T) {
 }
 
 func TestOptionForcePullAndLocalImage(t *testing.T) {
+	requireDocker(t)
 	// A local image whose registry does not exist: used as is, unless
 	// force_pull asks the registry, which fails clearly.
 	ref := "127.0.0.1:1/bedrock-local:v1"
@@ -366,6 +386,7 @@ func TestOptionForcePullAndLocalImage(t *testing.T) {
 }
 
 func TestOptionImagePullTimeout(t *testing.T) {
+	requireDocker(t)
 	// A "registry" that accepts connections and never answers.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -397,6 +418,7 @@ func TestOptionImagePullTimeout(t *testing.T) {
 }
 
 func TestOptionAuthNeverLeaks(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	events, err := c.TaskEvents(ctxFor(t, 60*time.Second))
 	if err != nil {
@@ -442,6 +464,7 @@ auth {
 }
 
 func TestOptionExtraHostsSysctlReadonlyPids(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	task := start(t, c, harness.TaskSpec{Config: appConfig(
 		`extra_hosts = ["db.internal:10.1.2.3"]`,

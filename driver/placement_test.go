@@ -75,6 +75,7 @@ func collectEvents(t *testing.T, c *harness.Client) func(taskID string) []string
 // job API answers: an unsafe group is refused (final error, task event, no
 // container), a safe one starts, and an unreadable job is a warning.
 func TestPlacementPolicyAtStart(t *testing.T) {
+	requireDocker(t)
 	srv := nomadAPI(t)
 	c := startAgent(t, fmt.Sprintf("nomad {\n  address = %q\n}\n", srv.URL))
 	events := collectEvents(t, c)
@@ -112,6 +113,7 @@ func TestPlacementPolicyAtStart(t *testing.T) {
 }
 
 func TestPlacementOptOut(t *testing.T) {
+	requireDocker(t)
 	srv := nomadAPI(t)
 	c := startAgent(t, fmt.Sprintf("allow_unsafe_placement = true\nnomad {\n  address = %q\n}\n", srv.URL))
 	task := start(t, c, harness.TaskSpec{Job: "count2", Group: "server", Config: appConfig(`args = ["sleep", "30"]`)})

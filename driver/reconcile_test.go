@@ -17,6 +17,7 @@ import (
 // Containers labelled by bedrock for this node that no task owns are
 // removed after two passes; other nodes' containers and owned ones stay.
 func TestDanglingContainersReconciled(t *testing.T) {
+	requireDocker(t)
 	c := startAgentHCL(t, `gc {
   image = false
   dangling_containers {
@@ -68,6 +69,7 @@ func TestDanglingContainersReconciled(t *testing.T) {
 
 // The fingerprint reports the engine version and runtimes.
 func TestFingerprintAttributes(t *testing.T) {
+	requireDocker(t)
 	c := startAgent(t, "")
 	s, err := c.Fingerprint(ctxFor(t, 10*time.Second))
 	if err != nil {
@@ -96,6 +98,7 @@ func TestFingerprintAttributes(t *testing.T) {
 // Image GC removes only images bedrock pulled: a locally built image
 // survives its last task by more than image_delay.
 func TestImageGCKeepsLocalImages(t *testing.T) {
+	requireDocker(t)
 	ref := "bedrock-gc-local:" + harness.NewAllocID()[:8]
 	ctx := ctxFor(t, 60*time.Second)
 	if err := dockerCli.ImageTag(ctx, testImage, ref); err != nil {

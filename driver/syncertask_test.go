@@ -9,7 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/consul"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil/consul"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin/harness"
 )
 
@@ -19,6 +20,8 @@ import (
 // app task in the same allocation starts only then, the data the app
 // writes is in the shared data dir, and stopping the syncer stops the app.
 func TestSyncerTaskGatesTheApp(t *testing.T) {
+	requireDocker(t)
+	testutil.RequireConsul(t)
 	c := consul.Start(t)
 	agent := startAgent(t, fmt.Sprintf("consul {\n  address = %q\n}\n", c.HTTPAddr()))
 	dataDir := t.TempDir()
@@ -88,6 +91,7 @@ func TestSyncerTaskGatesTheApp(t *testing.T) {
 // reason, with what to do about it, reaches the task's events (what the Nomad UI shows),
 // not only its stderr.
 func TestSyncerFailureIsATaskEvent(t *testing.T) {
+	requireDocker(t)
 	closed, err := harness.FreePort("127.0.0.1")
 	if err != nil {
 		t.Fatal(err)

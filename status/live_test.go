@@ -21,7 +21,8 @@ import (
 
 	consulapi "github.com/hashicorp/consul/api"
 
-	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/consul"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil/consul"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin/harness"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/lease"
@@ -36,15 +37,7 @@ const liveSecret = "0123456789abcdef-status-test"
 // through the binary's `status` command; then it checks the listing of
 // every group of a job, Nomad's allocations, and the error exits.
 func TestStatusLive(t *testing.T) {
-	if testing.Short() {
-		t.Skip("needs a Consul agent and syncer processes")
-	}
-	if _, err := consul.Binary(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("no consul binary: %v", err)
-		}
-		t.Skipf("no consul binary: %v", err)
-	}
+	testutil.RequireConsul(t)
 	bin, err := harness.BuildPlugin()
 	if err != nil {
 		t.Fatalf("build the plugin binary: %v", err)

@@ -17,7 +17,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/consul"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil/consul"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/announce"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 )
@@ -141,6 +142,7 @@ func serviceTags(t *testing.T, c *api.Client) map[string][]string {
 // on three Consul nodes elect one master, replicate its writes, tag the
 // service by role, and hand over on a graceful stop without overlap.
 func TestElectedSyncers(t *testing.T) {
+	testutil.RequireConsul(t)
 	c := consul.Start(t, consul.WithClients(3))
 	var es []*elected
 	for i := 0; i < 3; i++ {
@@ -254,6 +256,7 @@ func agentChecks(t *testing.T, node *consul.Node, e *elected) map[string]*api.Ag
 // goes critical by its TTL check and is no longer returned, and the next
 // master is. The checks' outputs say each instance's role.
 func TestMasterDNS(t *testing.T) {
+	testutil.RequireConsul(t)
 	c := consul.Start(t, consul.WithClients(3))
 	var es []*elected
 	for i := 0; i < 3; i++ {

@@ -31,8 +31,8 @@ import (
 	"time"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/cluster"
-	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/netns"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/nomad"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil/netns"
 )
 
 func main() {

@@ -24,8 +24,8 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/client"
 
-	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/consul"
-	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/testimage"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil/consul"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil/testimage"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin/harness"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/lease"
 )

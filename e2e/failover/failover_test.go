@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/cluster"
-	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/netns"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil/netns"
 )
 
 // soak repeats the scenarios for this long (the long variant: `make e2e E2EFLAGS=-soak=30m`);

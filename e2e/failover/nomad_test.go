@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/cluster"
-	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/netns"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/nomad"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil/netns"
 )
 
 // TestFailoverUnderNomad runs the failover scenarios under a real Nomad agent: a server and four

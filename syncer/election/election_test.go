@@ -9,7 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/consul"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil/consul"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/announce"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/lease"
@@ -61,15 +62,43 @@ func (in *instance) follow() {
 	}()
 }
 
-func startInstance(t *testing.T, c *consul.Cluster, node int, id string) *instance {
+// group joins instance number node, named id, to one election group.
+type group func(t *testing.T, node int, id string) lease.Leaser
+
+// memoryGroup is a group on the in-memory leaser: the election logic without a Consul agent.
+func memoryGroup(*testing.T) group {
+	m := lease.NewMemory(lease.Timing{})
+	return func(_ *testing.T, _ int, id string) lease.Leaser { return m.Join(id) }
+}
+
+// consulGroup is a group on a real Consul, one client agent per instance.
+func consulGroup(t *testing.T) group {
+	testutil.RequireConsul(t)
+	c := consul.Start(t, consul.WithClients(3))
+	return func(t *testing.T, node int, id string) lease.Leaser {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		l, err := lease.NewConsul(ctx, lease.ConsulConfig{
+			Client: c.Clients[node].APIClient(t), Namespace: "default", Job: "job", Group: "g", ID: id,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+}
+
+// eachGroup runs test on the in-memory leaser and on Consul.
+func eachGroup(t *testing.T, test func(t *testing.T, join group)) {
+	t.Run("memory", func(t *testing.T) { test(t, memoryGroup(t)) })
+	t.Run("consul", func(t *testing.T) { test(t, consulGroup(t)) })
+}
+
+func startInstance(t *testing.T, join group, node int, id string) *instance {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	l, err := lease.NewConsul(ctx, lease.ConsulConfig{
-		Client: c.Clients[node].APIClient(t), Namespace: "default", Job: "job", Group: "g", ID: id,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := join(t, node, id)
 	sock := filepath.Join(t.TempDir(), "role.sock")
 	ann, err := announce.Listen(ctx, sock, announce.AnnouncerConfig{})
 	if err != nil {
@@ -137,14 +166,15 @@ func waitOneMaster(t *testing.T, ins []*instance, not *instance, within time.Dur
 	return nil
 }
 
-// TestOneMasterAndGracefulHandover: three instances on three Consul
-// nodes elect exactly one master; a graceful stop hands over to another
+// TestOneMasterAndGracefulHandover: three instances (in memory, then on three Consul
+// nodes) elect exactly one master; a graceful stop hands over to another
 // within a second, and no two gates are ever open together.
-func TestOneMasterAndGracefulHandover(t *testing.T) {
-	c := consul.Start(t, consul.WithClients(3))
+func TestOneMasterAndGracefulHandover(t *testing.T) { eachGroup(t, oneMasterAndGracefulHandover) }
+
+func oneMasterAndGracefulHandover(t *testing.T, join group) {
 	var ins []*instance
 	for i := 0; i < 3; i++ {
-		ins = append(ins, startInstance(t, c, i, fmt.Sprintf("alloc-%d", i)))
+		ins = append(ins, startInstance(t, join, i, fmt.Sprintf("alloc-%d", i)))
 	}
 	first := waitOneMaster(t, ins, nil, 15*time.Second)
 	// Stable: still exactly one a few heartbeats later.
@@ -190,10 +220,13 @@ func TestOneMasterAndGracefulHandover(t *testing.T) {
 // takes part again once the app task is back (a new gate). Without the hand-over the failed
 // instance keeps the lock until Nomad's restart delay has passed.
 func TestAppFailureHandsOverUntilTheAppIsBack(t *testing.T) {
-	c := consul.Start(t, consul.WithClients(3))
+	eachGroup(t, appFailureHandsOverUntilTheAppIsBack)
+}
+
+func appFailureHandsOverUntilTheAppIsBack(t *testing.T, join group) {
 	var ins []*instance
 	for i := 0; i < 3; i++ {
-		ins = append(ins, startInstance(t, c, i, fmt.Sprintf("alloc-%d", i)))
+		ins = append(ins, startInstance(t, join, i, fmt.Sprintf("alloc-%d", i)))
 	}
 	first := waitOneMaster(t, ins, nil, 15*time.Second)
 	start := time.Now()

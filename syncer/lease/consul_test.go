@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,7 +12,8 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/consul"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil/consul"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 )
 
@@ -22,15 +22,7 @@ import (
 // group (its own keys); only SerfHealth kills an agent (client-3, used by no other subtest).
 func TestConsul(t *testing.T) {
 	t.Parallel()
-	if testing.Short() {
-		t.Skip("needs a Consul agent")
-	}
-	if _, err := consul.Binary(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("no consul binary: %v", err)
-		}
-		t.Skipf("no consul binary: %v", err)
-	}
+	testutil.RequireConsul(t)
 	c := consul.Start(t, consul.WithClients(3),
 		consul.WithHCL(`gossip_lan { probe_interval = "200ms" probe_timeout = "100ms" suspicion_mult = 2 }`))
 	env := &env{c: c}
@@ -537,15 +529,7 @@ func (e *env) renewals(t *testing.T) {
 // the smallest TTL they allow and says so.
 func TestConsulRaisesARefusedTTL(t *testing.T) {
 	t.Parallel()
-	if testing.Short() {
-		t.Skip("needs a Consul agent")
-	}
-	if _, err := consul.Binary(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("no consul binary: %v", err)
-		}
-		t.Skipf("no consul binary: %v", err)
-	}
+	testutil.RequireConsul(t)
 	c := consul.Start(t, consul.WithSessionTTLMin(10*time.Second))
 	var asked, used time.Duration
 	l, err := NewConsul(ctxT(t, 10*time.Second), ConsulConfig{
@@ -615,15 +599,7 @@ func TestKeyPrefix(t *testing.T) {
 // get the node declared failed (serfHealth would end the session: see SerfHealth).
 func TestConsulAgentHang(t *testing.T) {
 	t.Parallel()
-	if testing.Short() {
-		t.Skip("needs a Consul agent")
-	}
-	if _, err := consul.Binary(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("no consul binary: %v", err)
-		}
-		t.Skipf("no consul binary: %v", err)
-	}
+	testutil.RequireConsul(t)
 	// the dev server gossips fast (a node silent ~1s is failed); slow it to production-like
 	// timing so that a short hang is a hang, not a node loss
 	c := consul.Start(t, consul.WithClients(1),

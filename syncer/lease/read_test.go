@@ -2,7 +2,6 @@ package lease
 
 import (
 	"context"
-	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -10,7 +9,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/consul"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil/consul"
 )
 
 func TestReadKeysMatchTheLeasersKeys(t *testing.T) {
@@ -33,15 +33,7 @@ func TestReadKeysMatchTheLeasersKeys(t *testing.T) {
 // TestReadGroupFromConsul reads what real Leasers write: the holder with its term, live
 // candidacies, a withdrawn one gone, a malformed one reported, and the group listing.
 func TestReadGroupFromConsul(t *testing.T) {
-	if testing.Short() {
-		t.Skip("needs a Consul agent")
-	}
-	if _, err := consul.Binary(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("no consul binary: %v", err)
-		}
-		t.Skipf("no consul binary: %v", err)
-	}
+	testutil.RequireConsul(t)
 	cl := consul.Start(t)
 	client := cl.Client()
 	const root = "readtest"

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/netns"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil/netns"
 )
 
 // The test binary doubles as a helper run inside a namespace: with envHelper=listen it echoes TCP

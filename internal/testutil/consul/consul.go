@@ -37,7 +37,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/netns"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil/netns"
 )
 
 // Version is the Consul release the project builds and tests against.

@@ -7,11 +7,13 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/consul"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil/consul"
 )
 
 func TestClusterOneServerThreeClients(t *testing.T) {
 	t.Parallel()
+	testutil.RequireConsul(t)
 	c := consul.Start(t, consul.WithClients(3), consul.WithStartTimeout(40*time.Second))
 
 	if got := len(c.Nodes()); got != 4 {
@@ -64,6 +66,7 @@ func TestClusterOneServerThreeClients(t *testing.T) {
 
 func TestKillAndRestartClient(t *testing.T) {
 	t.Parallel()
+	testutil.RequireConsul(t)
 	c := consul.Start(t, consul.WithClients(2),
 		// detect the lost node quickly
 		consul.WithHCL(`gossip_lan { probe_interval = "200ms" probe_timeout = "100ms" suspicion_mult = 2 }`))

@@ -11,8 +11,9 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/consul"
-	"github.com/bedrock-nomad/nomad-driver-bedrock/e2e/netns"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil/consul"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil/netns"
 )
 
 // fastGossip detects a lost node in about a second.
@@ -22,6 +23,7 @@ func TestNetnsPartitionAndHeal(t *testing.T) {
 	t.Parallel()
 	var sw *netns.Switch
 	t.Run("cluster", func(t *testing.T) {
+		testutil.RequireConsul(t)
 		c := consul.Start(t, consul.WithClients(3), consul.WithNetns(), consul.WithHCL(fastGossip))
 		sw = c.Switch
 		testPartitionAndHeal(t, c)
@@ -189,6 +191,7 @@ func mustAddr(t *testing.T, s string) netip.Addr {
 func TestPartitionNeedsNetns(t *testing.T) {
 	t.Parallel()
 	// without WithNetns the clients are where they always were
+	testutil.RequireConsul(t)
 	c := consul.Start(t, consul.WithClients(1))
 	if n := c.Clients[0]; n.Netns != "" || n.IP != "127.0.0.2" || n.AdvertiseIP != n.IP || c.Switch != nil {
 		t.Fatalf("client without WithNetns: ip %s advertise %s netns %q switch %v", n.IP, n.AdvertiseIP, n.Netns, c.Switch)

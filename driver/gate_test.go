@@ -13,10 +13,10 @@ import (
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 )
 
-// gatedTask prepares an app task in an allocation that has a syncer: the
-// test plays the syncer, writing the gate marker the syncer task's start
-// leaves and announcing roles on the allocation's socket.
-func gatedTask(t *testing.T, c *harness.Client, args string) (*harness.Task, *announce.Announcer) {
+// startGatedTask starts an app task in an allocation that has a syncer (destroyed when the
+// test ends): the test plays the syncer, writing the gate marker the syncer task's start
+// leaves and announcing roles on the allocation's socket, clone to begin with.
+func startGatedTask(t *testing.T, c *harness.Client, args string) (*harness.Task, *announce.Announcer) {
 	t.Helper()
 	task := prepare(t, c, harness.TaskSpec{Config: appConfig(args)})
 	if err := os.WriteFile(filepath.Join(task.AllocDir(), "alloc", "tmp", ".bedrock-gated"), []byte("syncer\n"), 0o644); err != nil {
@@ -30,6 +30,10 @@ func gatedTask(t *testing.T, c *harness.Client, args string) (*harness.Task, *an
 	}
 	t.Cleanup(func() { _ = a.Close() })
 	a.Set(announce.State{Role: core.RoleClone, Term: 1})
+	if err := c.StartTask(ctxFor(t, 60*time.Second), task); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { destroy(t, c, task) })
 	return task, a
 }
 
@@ -76,11 +80,7 @@ func waitAsync(t *testing.T, c *harness.Client, task *harness.Task) <-chan *plug
 func TestGatedAppFollowsTheRole(t *testing.T) {
 	requireDocker(t)
 	c := startAgent(t, "")
-	task, a := gatedTask(t, c, `args = ["sleep", "300"]`)
-	if err := c.StartTask(ctxFor(t, 60*time.Second), task); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { destroy(t, c, task) })
+	task, a := startGatedTask(t, c, `args = ["sleep", "300"]`)
 	done := waitAsync(t, c, task)
 
 	// A clone: the container exists but does not run.
@@ -140,11 +140,7 @@ func TestGatedAppFollowsTheRole(t *testing.T) {
 func TestGatedAppExitAsMaster(t *testing.T) {
 	requireDocker(t)
 	c := startAgent(t, "")
-	task, a := gatedTask(t, c, `args = ["sh", "-c", "exit 3"]`)
-	if err := c.StartTask(ctxFor(t, 60*time.Second), task); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { destroy(t, c, task) })
+	task, a := startGatedTask(t, c, `args = ["sh", "-c", "exit 3"]`)
 	done := waitAsync(t, c, task)
 	time.Sleep(500 * time.Millisecond)
 	waitNotDone(t, done)
@@ -163,11 +159,7 @@ func TestGatedAppExitAsMaster(t *testing.T) {
 func TestGatedAppSurvivesPluginCrash(t *testing.T) {
 	requireDocker(t)
 	c := startAgent(t, "")
-	task, a := gatedTask(t, c, `args = ["sleep", "300"]`)
-	if err := c.StartTask(ctxFor(t, 60*time.Second), task); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { destroy(t, c, task) })
+	task, a := startGatedTask(t, c, `args = ["sleep", "300"]`)
 	a.Set(master(2, time.Minute))
 	waitRunning(t, task, true, 3*time.Second)
 	before := containerOf(t, task).State.StartedAt

@@ -78,18 +78,7 @@ func ctxFor(t *testing.T, d time.Duration) context.Context {
 func startAgent(t *testing.T, extraHCL string) *harness.Client {
 	t.Helper()
 	requireDocker(t)
-	ctx := ctxFor(t, 90*time.Second)
-	c, err := harness.StartAgent(ctx, harness.Options{Binary: pluginBin}, basePluginHCL+extraHCL)
-	if err != nil {
-		t.Fatalf("agent start: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := c.Plugin.CheckLogs(); err != nil {
-			t.Errorf("stderr discipline: %v", err)
-		}
-		c.Stop(context.Background())
-	})
-	return c
+	return testutil.StartAgent(t, pluginBin, basePluginHCL+extraHCL, 90*time.Second)
 }
 
 // prepare lays out a task; spec.Job/Group/Task default to test values.

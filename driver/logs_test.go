@@ -1,6 +1,7 @@
 package driver_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -59,18 +60,7 @@ func TestLogsSurvivePluginKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := ctxFor(t, 60*time.Second)
-	if err := c.CrashPlugin(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.RecoverTask(ctx, task); err != nil {
-		t.Fatal(err)
-	}
-	if err := task.Logs.WaitFor(fmt.Sprintf("line %d\n", n), 30*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if err := task.Logs.WaitFor(fmt.Sprintf("err %d\n", n), 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	recoverAndReadAll(ctx, t, c, task, n)
 	if d := countLines(t, task.Logs.Stdout(), "line", n) + countLines(t, task.Logs.Stderr(), "err", n); d != 0 {
 		t.Errorf("%d duplicated lines although the follower never stopped", d)
 	}
@@ -94,18 +84,7 @@ func TestLogsResumeAfterFollowerKill(t *testing.T) {
 		t.Fatalf("killing the follower: %v", err)
 	}
 	time.Sleep(500 * time.Millisecond) // lines pile up in the engine meanwhile
-	if err := c.CrashPlugin(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.RecoverTask(ctx, task); err != nil {
-		t.Fatal(err)
-	}
-	if err := task.Logs.WaitFor(fmt.Sprintf("line %d\n", n), 30*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if err := task.Logs.WaitFor(fmt.Sprintf("err %d\n", n), 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	recoverAndReadAll(ctx, t, c, task, n)
 	if d := countLines(t, task.Logs.Stdout(), "line", n); d > 1 {
 		t.Errorf("stdout: %d duplicates, bound is 1", d)
 	}
@@ -145,5 +124,23 @@ func TestLogsLongLine(t *testing.T) {
 		if i := strings.Index(got, "Z "); i >= 0 {
 			t.Errorf("inner timestamp at %d: %q", i, got[max(0, i-40):min(len(got), i+10)])
 		}
+	}
+}
+
+// recoverAndReadAll restarts the plugin, recovers the task and waits for the last of its n
+// lines on stdout and on stderr.
+func recoverAndReadAll(ctx context.Context, t *testing.T, c *harness.Client, task *harness.Task, n int) {
+	t.Helper()
+	if err := c.CrashPlugin(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.RecoverTask(ctx, task); err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Logs.WaitFor(fmt.Sprintf("line %d\n", n), 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Logs.WaitFor(fmt.Sprintf("err %d\n", n), 10*time.Second); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -37,21 +37,7 @@ func TestSyncerTaskGatesTheApp(t *testing.T) {
 	ports := []harness.Port{{Label: "sync", Value: syncPort}, {Label: "http", To: 8080, Value: httpPort}}
 	job := "web" + alloc[:6]
 
-	syncer, err := agent.PrepareTask(dataDir, harness.TaskSpec{
-		Job: job, Group: "g", Task: "syncer", AllocID: alloc, Ports: ports,
-		Config: `syncer {
-		  port   = "sync"
-		  secret = "0123456789abcdef-driver-test"
-		}`,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(syncer.Logs.Close)
-	if err := agent.StartTask(ctxFor(t, 3*time.Minute), syncer); err != nil {
-		t.Fatalf("syncer task: %v", err)
-	}
-	t.Cleanup(func() { destroy(t, agent, syncer) })
+	syncer := startSyncerTask(t, agent, dataDir, harness.TaskSpec{Job: job, Group: "g", AllocID: alloc, Ports: ports})
 
 	app, err := agent.PrepareTask(dataDir, harness.TaskSpec{
 		Job: job, Group: "g", Task: "app", AllocID: alloc, Ports: ports,
@@ -118,21 +104,9 @@ func TestSyncerFailureIsATaskEvent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	syncer, err := agent.PrepareTask(t.TempDir(), harness.TaskSpec{
-		Job: "fail" + alloc[:6], Group: "g", Task: "syncer", AllocID: alloc, Ports: []harness.Port{{Label: "sync", Value: syncPort}},
-		Config: `syncer {
-		  port   = "sync"
-		  secret = "0123456789abcdef-driver-test"
-		}`,
+	syncer := startSyncerTask(t, agent, t.TempDir(), harness.TaskSpec{
+		Job: "fail" + alloc[:6], Group: "g", AllocID: alloc, Ports: []harness.Port{{Label: "sync", Value: syncPort}},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(syncer.Logs.Close)
-	if err := agent.StartTask(ctxFor(t, 3*time.Minute), syncer); err != nil {
-		t.Fatalf("syncer task: %v", err)
-	}
-	t.Cleanup(func() { destroy(t, agent, syncer) })
 	res, err := agent.WaitTask(ctxFor(t, time.Minute), syncer)
 	if err != nil {
 		t.Fatal(err)
@@ -155,4 +129,25 @@ func TestSyncerFailureIsATaskEvent(t *testing.T) {
 			t.Fatalf("no task event tells why the syncer exited; its stderr: %s", syncer.Logs.Stderr())
 		}
 	}
+}
+
+// startSyncerTask starts the syncer task of spec's allocation (on its "sync" port) in dir,
+// destroyed when the test ends.
+func startSyncerTask(t *testing.T, agent *harness.Client, dir string, spec harness.TaskSpec) *harness.Task {
+	t.Helper()
+	spec.Task = "syncer"
+	spec.Config = `syncer {
+		  port   = "sync"
+		  secret = "0123456789abcdef-driver-test"
+		}`
+	syncer, err := agent.PrepareTask(dir, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(syncer.Logs.Close)
+	if err := agent.StartTask(ctxFor(t, 3*time.Minute), syncer); err != nil {
+		t.Fatalf("syncer task: %v", err)
+	}
+	t.Cleanup(func() { destroy(t, agent, syncer) })
+	return syncer
 }

@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -238,25 +237,8 @@ type syncerProc struct {
 	id, node, data, listen string
 	port                   int // the app's port it registers
 	cmd                    *exec.Cmd
-	logs                   *lockedBuf
+	logs                   *testutil.Buffer
 	done                   chan struct{}
-}
-
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // startSyncer runs `nomad-driver-bedrock syncer -consul ...` the way the
@@ -264,7 +246,7 @@ func (l *lockedBuf) String() string {
 func startSyncer(t *testing.T, bin string, node *consul.Node, id string, servicePort int) *syncerProc {
 	t.Helper()
 	dir := t.TempDir()
-	p := &syncerProc{id: id, node: node.Name, data: filepath.Join(dir, "data"), listen: freeAddr(t), port: servicePort, logs: &lockedBuf{}, done: make(chan struct{})}
+	p := &syncerProc{id: id, node: node.Name, data: filepath.Join(dir, "data"), listen: freeAddr(t), port: servicePort, logs: &testutil.Buffer{}, done: make(chan struct{})}
 	if err := os.MkdirAll(p.data, 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -30,7 +30,7 @@ type elected struct {
 	dir  string
 	cmd  *exec.Cmd
 	gate *announce.Gate
-	logs *lockedBuf
+	logs *testutil.Buffer
 	done chan struct{}
 	// closes counts the times the gate closed on an open app (a demotion,
 	// or a late heartbeat under load): the fake driver reports the app
@@ -51,7 +51,7 @@ func startElected(t *testing.T, node *consul.Node, id string, servicePort int) *
 	// on the node's own loopback address, so each instance registers a
 	// distinct address (DNS answers tell them apart)
 	listen := freeAddrOn(t, node.IP)
-	e := &elected{id: id, ip: node.IP, addr: listen, dir: data, logs: &lockedBuf{}, done: make(chan struct{})}
+	e := &elected{id: id, ip: node.IP, addr: listen, dir: data, logs: &testutil.Buffer{}, done: make(chan struct{})}
 	e.cmd = exec.Command(os.Args[0], "-data", data, "-listen", listen, "-consul", node.HTTPAddr,
 		"-job", "web", "-group", "g", "-id", id, "-node", node.Name, "-announce", sock,
 		"-service", "web", "-service-port", fmt.Sprint(servicePort), "-tag", "traefik.enable=true")

@@ -24,19 +24,27 @@ func bigTree(t *testing.T, dir string, files, size int) {
 	}
 }
 
-// TestKillCloneMidTransfer kills a clone with SIGKILL in the middle of its
-// initial sync, damages a file it had written (as a crash in the middle of
-// an in-place write would), and checks the restarted clone repairs itself.
-func TestKillCloneMidTransfer(t *testing.T) {
-	mdir, cdir := t.TempDir(), t.TempDir()
+// midTransfer starts a master with 24 MiB of data and a clone that syncs it through a slow
+// proxy, and returns once the clone's initial sync is under way.
+func midTransfer(t *testing.T) (mdir, cdir string, m, c *proc) {
+	t.Helper()
+	mdir, cdir = t.TempDir(), t.TempDir()
 	bigTree(t, mdir, 12, 2<<20)
-	m := startSyncer(t, "master", mdir, procOpt{})
+	m = startSyncer(t, "master", mdir, procOpt{})
 	px := startProxy(t, m.listen, 12<<20)
-	c := startSyncer(t, "clone", cdir, procOpt{master: px.addr()})
+	c = startSyncer(t, "clone", cdir, procOpt{master: px.addr()})
 	waitFor(t, 20*time.Second, "transfer under way", func() bool {
 		p := c.status().Progress
 		return p.BytesDone > 4<<20
 	})
+	return mdir, cdir, m, c
+}
+
+// TestKillCloneMidTransfer kills a clone with SIGKILL in the middle of its
+// initial sync, damages a file it had written (as a crash in the middle of
+// an in-place write would), and checks the restarted clone repairs itself.
+func TestKillCloneMidTransfer(t *testing.T) {
+	mdir, cdir, m, c := midTransfer(t)
 	if c.status().Progress.Done {
 		t.Fatal("transfer finished before the kill")
 	}
@@ -65,15 +73,7 @@ func TestKillCloneMidTransfer(t *testing.T) {
 // initial sync; the clone keeps retrying and completes from the restarted
 // master, changes made meanwhile included.
 func TestKillMasterMidTransfer(t *testing.T) {
-	mdir, cdir := t.TempDir(), t.TempDir()
-	bigTree(t, mdir, 12, 2<<20)
-	m := startSyncer(t, "master", mdir, procOpt{})
-	px := startProxy(t, m.listen, 12<<20)
-	c := startSyncer(t, "clone", cdir, procOpt{master: px.addr()})
-	waitFor(t, 20*time.Second, "transfer under way", func() bool {
-		p := c.status().Progress
-		return p.BytesDone > 4<<20
-	})
+	mdir, cdir, m, c := midTransfer(t)
 	m.kill()
 	waitFor(t, 10*time.Second, "clone notices", func() bool { return !c.status().Healthy })
 	writeFile(t, filepath.Join(mdir, "while-down.txt"), []byte("written while the master was down"), 0o644)
@@ -226,31 +226,15 @@ func fakeMaster(t *testing.T, frames func(term uint64) []wire.Frame) string {
 			}
 			go func() {
 				defer conn.Close()
-				hello := wire.Hello{Version: wire.Version, Session: 7}
-				helloF := wire.Frame{Type: wire.THello, Term: 1, Payload: hello.Marshal()}
-				_ = wire.WriteFrame(conn, helloF)
-				r := bufio.NewReader(conn)
-				f, _, err := wire.ReadFrame(r, wire.MaxAuthPayload, nil)
+				p, err := replica.ServerHandshake(conn, []byte(testSecret), 7, 1, 0)
 				if err != nil {
 					return
 				}
-				var a wire.Auth
-				_ = a.Unmarshal(f.Payload)
-				keys, err := replica.HandshakeKeys([]byte(testSecret), helloF, hello, f, a)
-				if err != nil {
-					return
-				}
-				ok := wire.AuthOK{MAC: keys.ServerMAC}
-				_ = wire.WriteFrame(conn, wire.Frame{Type: wire.TAuthOK, Term: 1, Payload: ok.Marshal()})
-				seal, open, err := keys.Server()
-				if err != nil {
-					return
-				}
-				if _, _, err := open.ReadFrame(r, wire.MaxPayload, nil); err != nil {
+				if _, _, err := p.Open.ReadFrame(bufio.NewReader(conn), wire.MaxPayload, nil); err != nil {
 					return
 				}
 				for _, fr := range frames(1) {
-					_ = seal.WriteFrame(conn, fr)
+					_ = p.Seal.WriteFrame(conn, fr)
 				}
 				time.Sleep(500 * time.Millisecond)
 			}()

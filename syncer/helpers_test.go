@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil"
 )
 
 const reexecEnv = "BEDROCK_SYNCER_TEST_MAIN"
@@ -37,23 +39,6 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 type proc struct {
 	t       *testing.T
 	name    string
@@ -61,7 +46,7 @@ type proc struct {
 	metrics string
 	listen  string
 	dir     string
-	logs    *lockedBuf
+	logs    *testutil.Buffer
 	done    chan struct{}
 }
 
@@ -94,7 +79,7 @@ func startSyncer(t *testing.T, name, dir string, o procOpt) *proc {
 	if o.term == 0 {
 		o.term = 1
 	}
-	p := &proc{t: t, name: name, dir: dir, metrics: freeAddr(t), logs: &lockedBuf{}, done: make(chan struct{})}
+	p := &proc{t: t, name: name, dir: dir, metrics: freeAddr(t), logs: &testutil.Buffer{}, done: make(chan struct{})}
 	args := []string{"-data", dir, "-metrics", p.metrics, "-id", name, "-term", fmt.Sprint(o.term), "-log-level", "debug"}
 	if o.master != "" {
 		args = append(args, "-master", o.master)

@@ -458,28 +458,37 @@ const recordEvery = 100 * time.Millisecond
 // the state file (issue 13: a restarted former master claimed 1/0 for data
 // of term 2).
 func (s *Syncer) recordHead(ctx context.Context, m *replica.Master) {
-	t := time.NewTicker(recordEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, recordEvery, func() {
 		pos := m.Position()
 		if m.Fenced() || s.state.Get().Position == pos {
-			continue
+			return
 		}
 		if err := s.state.Update(func(st *replica.State) { st.Position = pos }); err != nil {
 			s.log.Warn("recording the master's position failed", "error", err)
 		}
-	}
+	})
 }
 
 // lagLoop refreshes the per-clone lag-in-seconds gauge, which grows with
 // time even when nothing happens.
 func (s *Syncer) lagLoop(ctx context.Context) {
-	t := time.NewTicker(time.Second)
+	every(ctx, time.Second, func() {
+		s.mu.Lock()
+		m := s.master
+		s.mu.Unlock()
+		if m == nil {
+			return
+		}
+		for _, c := range m.Clones() {
+			s.metrics.LagSeconds.WithLabelValues(c.ID).Set(c.LagSeconds)
+			s.metrics.LagSeq.WithLabelValues(c.ID).Set(float64(c.LagOps))
+		}
+	})
+}
+
+// every calls f every d (the first time after d) until ctx ends.
+func every(ctx context.Context, d time.Duration, f func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
@@ -487,15 +496,6 @@ func (s *Syncer) lagLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		s.mu.Lock()
-		m := s.master
-		s.mu.Unlock()
-		if m == nil {
-			continue
-		}
-		for _, c := range m.Clones() {
-			s.metrics.LagSeconds.WithLabelValues(c.ID).Set(c.LagSeconds)
-			s.metrics.LagSeq.WithLabelValues(c.ID).Set(float64(c.LagOps))
-		}
+		f()
 	}
 }

@@ -705,6 +705,27 @@ func pct(v []float64, p float64) float64 {
 	return s[i]
 }
 
+// wireBytesWhenQuiet waits until every clone holds p and follows the stream, and the master
+// has nothing left to send, and then reads the master's wire bytes sent.
+func wireBytesWhenQuiet(ctx context.Context, m *child, clones []*child, p string, dsts []string) (float64, error) {
+	if err := waitSame(ctx, p, dsts, 10*time.Minute); err != nil {
+		return 0, err
+	}
+	for _, c := range clones {
+		if err := c.waitSynced(ctx, time.Minute); err != nil {
+			return 0, err
+		}
+	}
+	// A clone that holds the content may still have operations of the
+	// file's growth coming (it cannot know the master's head while the
+	// master is busy streaming): count from when the master has nothing
+	// left to send.
+	if err := m.waitQuiet(ctx, len(clones), time.Minute); err != nil {
+		return 0, err
+	}
+	return m.metric("bedrock_sync_wire_bytes_sent_total")
+}
+
 func deltaBench(ctx context.Context, m *child, clones []*child, src string, dsts []string, r *results) error {
 	p := filepath.Join(src, "delta.db")
 	logf("delta: writing a %.0f MiB file", float64(deltaSize)/(1<<20))
@@ -723,22 +744,7 @@ func deltaBench(ctx context.Context, m *child, clones []*child, src string, dsts
 		return err
 	}
 	// Wait for the file to be replicated and quiet.
-	if err := waitSame(ctx, p, dsts, 10*time.Minute); err != nil {
-		return err
-	}
-	for _, c := range clones {
-		if err := c.waitSynced(ctx, time.Minute); err != nil {
-			return err
-		}
-	}
-	// A clone that holds the content may still have operations of the
-	// file's growth coming (it cannot know the master's head while the
-	// master is busy streaming): count from when the master has nothing
-	// left to send.
-	if err := m.waitQuiet(ctx, len(clones), time.Minute); err != nil {
-		return err
-	}
-	before, err := m.metric("bedrock_sync_wire_bytes_sent_total")
+	before, err := wireBytesWhenQuiet(ctx, m, clones, p, dsts)
 	if err != nil {
 		return err
 	}
@@ -757,18 +763,7 @@ func deltaBench(ctx context.Context, m *child, clones []*child, src string, dsts
 	if err := f.Close(); err != nil {
 		return err
 	}
-	if err := waitSame(ctx, p, dsts, 10*time.Minute); err != nil {
-		return err
-	}
-	for _, c := range clones {
-		if err := c.waitSynced(ctx, time.Minute); err != nil {
-			return err
-		}
-	}
-	if err := m.waitQuiet(ctx, len(clones), time.Minute); err != nil {
-		return err
-	}
-	after, err := m.metric("bedrock_sync_wire_bytes_sent_total")
+	after, err := wireBytesWhenQuiet(ctx, m, clones, p, dsts)
 	if err != nil {
 		return err
 	}

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin/harness"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin/proto/basepb"
@@ -47,18 +48,7 @@ func ctxFor(t *testing.T, d time.Duration) context.Context {
 
 func startAgent(t *testing.T, pluginHCL string) *harness.Client {
 	t.Helper()
-	ctx := ctxFor(t, 60*time.Second)
-	c, err := harness.StartAgent(ctx, harness.Options{Binary: pluginBin}, pluginHCL)
-	if err != nil {
-		t.Fatalf("agent start: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := c.Plugin.CheckLogs(); err != nil {
-			t.Errorf("stderr discipline: %v", err)
-		}
-		c.Stop(context.Background())
-	})
-	return c
+	return testutil.StartAgent(t, pluginBin, pluginHCL, 60*time.Second)
 }
 
 func withoutCookie() []string {

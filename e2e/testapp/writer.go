@@ -45,11 +45,7 @@ func writer(args []string) int {
 		return 1
 	}
 	defer func() { _ = out.Close() }()
-	if err := os.MkdirAll(filepath.Dir(*witness), 0o755); err != nil { //nolint:gosec // test app
-		fmt.Fprintln(os.Stderr, "writer:", err)
-		return 1
-	}
-	wit, err := os.OpenFile(*witness, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644) //nolint:gosec // test app
+	wit, err := openWitness(*witness)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "writer:", err)
 		return 1
@@ -135,4 +131,13 @@ func getLockIndex(ctx context.Context, addr, key string) (uint64, error) {
 		return 0, errors.New("the lock is free")
 	}
 	return pairs[0].LockIndex, nil
+}
+
+// openWitness opens the witness log (outside the replicated data) for appending, creating its
+// directory: what the app acknowledged, for the tests to check against the data.
+func openWitness(p string) (*os.File, error) {
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil { //nolint:gosec // test app
+		return nil, err
+	}
+	return os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644) //nolint:gosec // test app
 }

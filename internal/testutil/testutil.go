@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil/consul"
 )
@@ -45,4 +46,17 @@ func RequireConsul(t testing.TB) string {
 		Missing(t, "needs a Consul agent: %v", err)
 	}
 	return bin
+}
+
+// WaitFor polls ok (every few milliseconds) until it holds, and fails the test when it does
+// not within d.
+func WaitFor(t testing.TB, d time.Duration, ok func() bool) {
+	t.Helper()
+	end := time.Now().Add(d)
+	for !ok() {
+		if time.Now().After(end) {
+			t.Fatal("condition not reached")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

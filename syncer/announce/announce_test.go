@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 )
 
@@ -165,7 +166,7 @@ func TestGateFollowsAnnouncer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = a.Close() }()
-	waitFor(t, time.Second, func() bool { s := g.Status(time.Now()); return s.Connected && !s.ReceivedAt.IsZero() })
+	testutil.WaitFor(t, time.Second, func() bool { s := g.Status(time.Now()); return s.Connected && !s.ReceivedAt.IsZero() })
 	if st := g.Status(time.Now()); st.Open || st.State.Role != core.RoleUnknown {
 		t.Fatalf("initial status %+v", st)
 	}
@@ -216,17 +217,6 @@ func TestGateFollowsAnnouncer(t *testing.T) {
 	defer func() { _ = a2.Close() }()
 	a2.Set(State{Role: core.RoleMaster, Term: 6, Deadline: time.Now().Add(time.Hour)})
 	waitGate(t, g, true, 2*time.Second)
-}
-
-func waitFor(t *testing.T, d time.Duration, ok func() bool) {
-	t.Helper()
-	end := time.Now().Add(d)
-	for !ok() {
-		if time.Now().After(end) {
-			t.Fatal("condition not reached")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func TestUpdatesChannel(t *testing.T) {
@@ -539,7 +529,7 @@ func TestWaitAppStopped(t *testing.T) {
 	}
 	// a gate that does not report is an observer: still nobody to confirm
 	observer := startGate(t, path, GateConfig{})
-	waitFor(t, 2*time.Second, func() bool { return !observer.Status(time.Now()).ReceivedAt.IsZero() })
+	testutil.WaitFor(t, 2*time.Second, func() bool { return !observer.Status(time.Now()).ReceivedAt.IsZero() })
 	if err := a.WaitAppStopped(ctx); !errors.Is(err, ErrNoGate) {
 		t.Fatalf("observer only: %v", err)
 	}
@@ -550,7 +540,7 @@ func TestWaitAppStopped(t *testing.T) {
 	a.Set(State{Role: core.RoleMaster, Term: 3, Deadline: time.Now().Add(time.Hour)})
 	waitGate(t, g, true, 2*time.Second)
 	g.Report(true)
-	waitFor(t, 2*time.Second, func() bool {
+	testutil.WaitFor(t, 2*time.Second, func() bool {
 		a.mu.Lock()
 		defer a.mu.Unlock()
 		return len(a.reports) == 1
@@ -583,7 +573,7 @@ func TestWaitAppStopped(t *testing.T) {
 	// the reporting gate goes away during a wait: nobody can confirm any more
 	a.Set(State{Role: core.RoleMaster, Term: 5, Deadline: time.Now().Add(time.Hour)})
 	g.Report(true)
-	waitFor(t, 2*time.Second, func() bool {
+	testutil.WaitFor(t, 2*time.Second, func() bool {
 		a.mu.Lock()
 		defer a.mu.Unlock()
 		for _, r := range a.reports {

@@ -2,8 +2,6 @@ package election
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -46,18 +44,9 @@ func (l *lagSyncer) Lag() (uint64, bool) {
 // announced position, caught-up flag and lag current, and touches nothing
 // else of the announcement.
 func TestRefreshAnnouncesLag(t *testing.T) {
-	dir, err := os.MkdirTemp("", "el")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ann, err := announce.Listen(ctx, filepath.Join(dir, "r.sock"), announce.AnnouncerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = ann.Close() }()
+	ann := listenAnnouncer(ctx, t)
 	local := &lagSyncer{}
 	e := &Elector{cfg: Config{Announcer: ann, Local: local, Refresh: 10 * time.Millisecond}, log: hclog.NewNullLogger()}
 	ann.Set(announce.State{Role: core.RoleClone, Term: 3, MasterAddr: "127.0.0.3:2345", Message: "following 127.0.0.3:2345 (term 3)",

@@ -38,18 +38,9 @@ func (l *heldLease) Release(context.Context) error {
 // can stop it: it runs until its deadline) releases the lock only after
 // the deadline, never at once (two masters otherwise).
 func TestStepDownWithoutGateWaitsForDeadline(t *testing.T) {
-	dir, err := os.MkdirTemp("", "el")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ann, err := announce.Listen(ctx, filepath.Join(dir, "r.sock"), announce.AnnouncerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = ann.Close() }()
+	ann := listenAnnouncer(ctx, t)
 	e := &Elector{cfg: Config{Announcer: ann, Local: &fakeSyncer{id: "a"}}, log: hclog.NewNullLogger(), roles: make(chan core.Assignment, 1)}
 	l := &heldLease{deadline: time.Now().Add(1500 * time.Millisecond), released: make(chan time.Time, 1), done: make(chan struct{})}
 	if err := e.release(ctx, l, 7); err != nil {
@@ -59,4 +50,21 @@ func TestStepDownWithoutGateWaitsForDeadline(t *testing.T) {
 	if at.Before(l.deadline) {
 		t.Fatalf("released %s before the deadline with no gate connected", l.deadline.Sub(at))
 	}
+}
+
+// listenAnnouncer is an announcer on a socket of its own (in a short temporary directory:
+// a unix socket path is limited to about 100 bytes), closed when the test ends.
+func listenAnnouncer(ctx context.Context, t *testing.T) *announce.Announcer {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "el")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	ann, err := announce.Listen(ctx, filepath.Join(dir, "r.sock"), announce.AnnouncerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ann.Close() })
+	return ann
 }

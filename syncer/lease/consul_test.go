@@ -80,6 +80,24 @@ func info(id string, seq uint64) Info {
 	return Info{ID: id, Node: "node-" + id, Address: "10.0.0.1:7000", Position: core.Position{Term: 1, Seq: seq}, CaughtUp: true}
 }
 
+// pair starts two instances of a new group, a and b, on two client agents, with a context
+// that ends within d.
+func (e *env) pair(t *testing.T, tm Timing, d time.Duration) (context.Context, *Consul, *Consul) {
+	t.Helper()
+	g := e.newGroup()
+	return ctxT(t, d), e.leaser(t, 0, g, "a", tm), e.leaser(t, 1, g, "b", tm)
+}
+
+// mustAcquire takes the lock for info or fails the test.
+func mustAcquire(ctx context.Context, t *testing.T, l Leaser, info Info) Lease {
+	t.Helper()
+	ls, err := l.Acquire(ctx, info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ls
+}
+
 func ctxT(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
@@ -212,7 +230,7 @@ func (e *env) releaseHandover(t *testing.T) {
 		t.Fatal(ra.err)
 	}
 	wb := campaign(ctx, b, info("b", 50))
-	waitFor(t, 5*time.Second, func() bool { cs, _ := a.Candidates(ctx); return len(cs) == 2 })
+	testutil.WaitFor(t, 5*time.Second, func() bool { cs, _ := a.Candidates(ctx); return len(cs) == 2 })
 
 	// graceful stop: Close withdraws, releases (no lock-delay) and ends the session
 	start := time.Now()
@@ -243,7 +261,7 @@ func (e *env) releaseHandover(t *testing.T) {
 	cAt := info("c", 10)
 	cAt.Position.Term = rb.lease.Term()
 	wc := campaign(ctx, c, cAt)
-	waitFor(t, 5*time.Second, func() bool { cs, _ := b.Candidates(ctx); return len(cs) == 2 })
+	testutil.WaitFor(t, 5*time.Second, func() bool { cs, _ := b.Candidates(ctx); return len(cs) == 2 })
 	start = time.Now()
 	if err := b.Withdraw(ctx); err != nil {
 		t.Fatal(err)
@@ -267,15 +285,9 @@ func (e *env) releaseHandover(t *testing.T) {
 // deadline + stop budget.
 func (e *env) crashedHolder(t *testing.T) {
 	t.Parallel()
-	g := e.newGroup()
 	tm := DefaultTiming()
-	a := e.leaser(t, 0, g, "a", tm)
-	b := e.leaser(t, 1, g, "b", tm)
-	ctx := ctxT(t, 60*time.Second)
-	la, err := a.Acquire(ctx, info("a", 1))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, a, b := e.pair(t, tm, 60*time.Second)
+	la := mustAcquire(ctx, t, a, info("a", 1))
 	time.Sleep(2 * time.Second) // a few renewals
 	crash(a)
 	died := time.Now()
@@ -310,15 +322,9 @@ func (e *env) crashedHolder(t *testing.T) {
 // lock-delay protects; the contender must still get the lock after deadline + stop budget.
 func (e *env) destroyedSession(t *testing.T) {
 	t.Parallel()
-	g := e.newGroup()
 	tm := DefaultTiming()
-	a := e.leaser(t, 0, g, "a", tm)
-	b := e.leaser(t, 1, g, "b", tm)
-	ctx := ctxT(t, 30*time.Second)
-	la, err := a.Acquire(ctx, info("a", 1))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, a, b := e.pair(t, tm, 30*time.Second)
+	la := mustAcquire(ctx, t, a, info("a", 1))
 	// wait for a renewal, then destroy the session at once
 	select {
 	case <-la.Renewed():
@@ -370,18 +376,7 @@ func (e *env) destroyedSession(t *testing.T) {
 		t.Fatal("lost lease still has a deadline ahead")
 	}
 	// and its Leaser recovers with a new session
-	waitFor(t, 5*time.Second, func() bool { return a.Session() != "" && a.Session() != got.(*consulLease).session })
-}
-
-func waitFor(t *testing.T, d time.Duration, ok func() bool) {
-	t.Helper()
-	end := time.Now().Add(d)
-	for !ok() {
-		if time.Now().After(end) {
-			t.Fatal("condition not reached")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.WaitFor(t, 5*time.Second, func() bool { return a.Session() != "" && a.Session() != got.(*consulLease).session })
 }
 
 // Killing the holder's agent (node loss) ends its session through serfHealth, long before the
@@ -393,10 +388,7 @@ func (e *env) serfHealth(t *testing.T) {
 	a := e.leaser(t, 2, g, "a", slow)
 	b := e.leaser(t, 1, g, "b", Timing{})
 	ctx := ctxT(t, 60*time.Second)
-	la, err := a.Acquire(ctx, info("a", 1))
-	if err != nil {
-		t.Fatal(err)
-	}
+	la := mustAcquire(ctx, t, a, info("a", 1))
 	session := a.Session()
 	wb := campaign(ctx, b, info("b", 1))
 	time.Sleep(300 * time.Millisecond)
@@ -451,7 +443,7 @@ func (e *env) candidatesOrdering(t *testing.T) {
 		cLag <- won{ls, time.Now(), err}
 	}()
 	cBest := campaign(ctx, best, info("best", 49))
-	waitFor(t, 5*time.Second, func() bool {
+	testutil.WaitFor(t, 5*time.Second, func() bool {
 		cs, _ := m.Candidates(ctx)
 		return len(cs) == 2
 	})
@@ -504,10 +496,7 @@ func (e *env) renewals(t *testing.T) {
 	g := e.newGroup()
 	a := e.leaser(t, 0, g, "a", Timing{})
 	ctx := ctxT(t, 20*time.Second)
-	la, err := a.Acquire(ctx, info("a", 1))
-	if err != nil {
-		t.Fatal(err)
-	}
+	la := mustAcquire(ctx, t, a, info("a", 1))
 	end := time.Now().Add(3 * time.Second)
 	minLeft := time.Hour
 	for time.Now().Before(end) {
@@ -608,10 +597,7 @@ func TestConsulAgentHang(t *testing.T) {
 	tm := DefaultTiming()
 	a := e.leaser(t, 0, "hang", "a", tm)
 	ctx := ctxT(t, 60*time.Second)
-	la, err := a.Acquire(ctx, info("a", 1))
-	if err != nil {
-		t.Fatal(err)
-	}
+	la := mustAcquire(ctx, t, a, info("a", 1))
 	time.Sleep(time.Second)
 
 	// shorter than the TTL
@@ -661,7 +647,7 @@ func TestConsulAgentHang(t *testing.T) {
 		t.Fatalf("err = %v", la.Err())
 	}
 	c.ResumeClient(0)
-	waitFor(t, 10*time.Second, func() bool { return a.Session() != old })
+	testutil.WaitFor(t, 10*time.Second, func() bool { return a.Session() != old })
 }
 
 // The promotion rule is enforced by the lock transaction itself on a real Consul: the

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/announce"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 )
@@ -173,9 +174,9 @@ func (e *env) oneMasterAtATime(t *testing.T) {
 		a := e.leaser(t, 0, g, "a", tm)
 		b := e.leaser(t, 1, g, "b", tm)
 		na := startNode(ctx, t, a, info("a", 0)) // the group's first master starts from nothing
-		waitFor(t, 10*time.Second, func() bool { return na.running.Load() })
+		testutil.WaitFor(t, 10*time.Second, func() bool { return na.running.Load() })
 		nb := startNode(ctx, t, b, info("b", 90))
-		waitFor(t, 5*time.Second, func() bool {
+		testutil.WaitFor(t, 5*time.Second, func() bool {
 			return nb.gate.Status(time.Now()).State.Role == core.RoleCandidate
 		})
 		s := sample(na, nb)
@@ -186,7 +187,7 @@ func (e *env) oneMasterAtATime(t *testing.T) {
 		case "invalidated":
 			la := na.lease()
 			d0 := la.Deadline()
-			waitFor(t, 2*time.Second, func() bool { return la.Deadline().After(d0) }) // just renewed
+			testutil.WaitFor(t, 2*time.Second, func() bool { return la.Deadline().After(d0) }) // just renewed
 			crash(a)
 			cut = time.Now()
 			if _, err := e.c.Client().Session().Destroy(a.Session(), nil); err != nil {
@@ -198,7 +199,7 @@ func (e *env) oneMasterAtATime(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		waitFor(t, 15*time.Second, func() bool { return nb.running.Load() })
+		testutil.WaitFor(t, 15*time.Second, func() bool { return nb.running.Load() })
 		overlaps, aLast, bFirst := s.finish()
 		t.Logf("%s: old app last seen running %s after the cut, new app running %s after the cut (gap %s, term %d → %d)",
 			scenario, aLast.Sub(cut).Round(time.Millisecond), bFirst.Sub(cut).Round(time.Millisecond),

@@ -65,23 +65,24 @@ func (m *Memory) Join(id string) *MemoryLeaser {
 // counting as live. The instance itself lives on: its Leaser creates a new session and
 // republishes its candidacy, as the Consul Leaser does.
 func (m *Memory) Invalidate(id string) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	l := m.members[id]
-	if l == nil || l.closed {
-		return
-	}
-	m.endSessionLocked(l, true)
-	m.newSessionLocked(l)
-	if c, ok := m.cands[id]; ok {
-		c.session = l.session
-		m.cands[id] = c
-	}
+	m.invalidate(id, func(l *MemoryLeaser) {
+		m.newSessionLocked(l)
+		if c, ok := m.cands[id]; ok {
+			c.session = l.session
+			m.cands[id] = c
+		}
+	})
 }
 
 // Kill is the death of instance id's process: its session is invalidated (lock-delay) and
 // its Leaser is closed.
 func (m *Memory) Kill(id string) {
+	m.invalidate(id, m.closeLocked)
+}
+
+// invalidate ends the session of a live instance id (lock-delay) and then, under the same
+// lock, does what follows to the instance: a new session, or its end.
+func (m *Memory) invalidate(id string, then func(*MemoryLeaser)) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	l := m.members[id]
@@ -89,7 +90,7 @@ func (m *Memory) Kill(id string) {
 		return
 	}
 	m.endSessionLocked(l, true)
-	m.closeLocked(l)
+	then(l)
 }
 
 // closeLocked marks l closed and closes its watches.

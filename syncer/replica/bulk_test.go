@@ -31,25 +31,12 @@ func TestBulkDataBoundedByDeclaredSize(t *testing.T) {
 			return
 		}
 		defer conn.Close()
-		hello := wire.Hello{Version: wire.Version, Session: 9}
-		helloF := wire.Frame{Type: wire.THello, Term: 1, Payload: hello.Marshal()}
-		if wire.WriteFrame(conn, helloF) != nil {
-			return
-		}
-		r := bufio.NewReader(conn)
-		f, _, err := wire.ReadFrame(r, wire.MaxAuthPayload, nil)
+		p, err := ServerHandshake(conn, []byte(testSecret), 9, 1, 0)
 		if err != nil {
 			return
 		}
-		var a wire.Auth
-		_ = a.Unmarshal(f.Payload)
-		keys, err := HandshakeKeys([]byte(testSecret), helloF, hello, f, a)
-		if err != nil {
-			return
-		}
-		_ = wire.WriteFrame(conn, wire.Frame{Type: wire.TAuthOK, Term: 1, Payload: (&wire.AuthOK{MAC: keys.ServerMAC}).Marshal()})
-		seal, open, _ := keys.Server()
-		if _, _, err := open.ReadFrame(r, wire.MaxPayload, nil); err != nil { // NeedManifest
+		seal := p.Seal
+		if _, _, err := p.Open.ReadFrame(bufio.NewReader(conn), wire.MaxPayload, nil); err != nil { // NeedManifest
 			return
 		}
 		e := wire.Enc{}

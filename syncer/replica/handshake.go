@@ -1,7 +1,9 @@
 package replica
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"time"
 
@@ -98,53 +100,98 @@ func (s *session) handshake() (wire.Hello, error) {
 	return hello, nil
 }
 
-// peer is an authenticated clone, as the master's handshake leaves it.
-type peer struct {
-	// term is the highest term the clone has seen (its Auth frame's term): a newer one than
+// Peer is an authenticated clone, as the master's side of the handshake leaves it.
+type Peer struct {
+	// Term is the highest term the clone has seen (its Auth frame's term): a newer one than
 	// the master's fences the master.
-	term uint64
-	// id is the clone's id, for logs and metrics.
-	id   string
-	seal *wire.Sealer
-	open *wire.Opener
+	Term uint64
+	// ID is the clone's id, for logs and metrics.
+	ID string
+	// Seal and Open are the connection's two directions from now on (wire/secure.go).
+	Seal *wire.Sealer
+	Open *wire.Opener
 }
 
-// handshake is the master's side: it sends Hello, checks the clone's Auth against the secret,
-// proves its own knowledge of the secret with AuthOK and keys the connection's ciphers. A peer
-// that fails is logged, counted (AuthFailures) and refused (false); the caller closes it.
-func (m *Master) handshake(conn net.Conn, log hclog.Logger) (peer, bool) {
-	hello := wire.Hello{Version: wire.Version, Session: m.session, Nonce: nonce()}
-	helloF := wire.Frame{Type: wire.THello, Term: m.cfg.Term, Seq: m.Position().Seq, Payload: hello.Marshal()}
+// reasonAuthFailed is the Rejection of a peer whose proof of the secret is wrong.
+const reasonAuthFailed = "authentication failed"
+
+// errCipher is a failure to key the connection once the peer is authenticated.
+var errCipher = errors.New("cannot set up the connection's cipher")
+
+// Rejection is why ServerHandshake refused a peer that did not prove the secret: what the
+// master logs and counts (AuthFailures).
+type Rejection struct {
+	// Reason says what was wrong ("no valid auth frame", "authentication failed").
+	Reason string
+	// Client is the id the peer claimed, when it sent one.
+	Client string
+	// Err is the underlying error, if any.
+	Err error
+}
+
+func (r *Rejection) Error() string {
+	msg := "rejecting peer: " + r.Reason
+	if r.Err != nil {
+		msg += ": " + r.Err.Error()
+	}
+	return msg
+}
+
+func (r *Rejection) Unwrap() error { return r.Err }
+
+// ServerHandshake is the master's side of the handshake on conn: it sends Hello (session, and
+// the master's term and head seq), checks the clone's Auth against secret (a peer that fails
+// is told "authentication failed" and refused with a *Rejection), proves its own knowledge of
+// the secret with AuthOK and keys the connection's ciphers. It reads exactly the Auth frame,
+// so the caller may buffer conn afterwards. Exported for tests and tools that play a master.
+func ServerHandshake(conn io.ReadWriter, secret []byte, session, term, seq uint64) (Peer, error) {
+	hello := wire.Hello{Version: wire.Version, Session: session, Nonce: nonce()}
+	helloF := wire.Frame{Type: wire.THello, Term: term, Seq: seq, Payload: hello.Marshal()}
 	if _, err := conn.Write(wire.AppendFrame(nil, helloF)); err != nil {
-		return peer{}, false
+		return Peer{}, fmt.Errorf("send hello: %w", err)
 	}
 	f, _, err := wire.ReadFrame(conn, wire.MaxAuthPayload, nil)
 	if err != nil || f.Type != wire.TAuth {
-		log.Warn("rejecting peer: no valid auth frame", "error", err)
-		m.cfg.Metrics.AuthFailures.Inc()
-		return peer{}, false
+		return Peer{}, &Rejection{Reason: "no valid auth frame", Err: err}
 	}
 	var auth wire.Auth
 	if err := auth.Unmarshal(f.Payload); err != nil {
-		log.Warn("rejecting peer: malformed auth", "error", err)
-		m.cfg.Metrics.AuthFailures.Inc()
-		return peer{}, false
+		return Peer{}, &Rejection{Reason: "malformed auth", Err: err}
 	}
-	keys, err := HandshakeKeys(m.cfg.Secret, helloF, hello, f, auth)
+	keys, err := HandshakeKeys(secret, helloF, hello, f, auth)
 	if err != nil || !wire.CheckMAC(keys.ClientMAC, auth.MAC) {
-		log.Warn("rejecting peer: authentication failed", "client", auth.ClientID)
-		m.cfg.Metrics.AuthFailures.Inc()
 		_, _ = conn.Write(wire.AppendFrame(nil, wire.Frame{Type: wire.TError, Payload: (&wire.ErrorMsg{Msg: "authentication failed"}).Marshal()}))
-		return peer{}, false
+		return Peer{}, &Rejection{Reason: reasonAuthFailed, Client: auth.ClientID}
 	}
 	ok := wire.AuthOK{MAC: keys.ServerMAC}
 	if _, err := conn.Write(wire.AppendFrame(nil, wire.Frame{Type: wire.TAuthOK, Payload: ok.Marshal()})); err != nil {
-		return peer{}, false
+		return Peer{}, fmt.Errorf("send auth ok: %w", err)
 	}
 	seal, open, err := keys.Server()
 	if err != nil {
-		log.Error("cannot set up the connection's cipher", "error", err)
-		return peer{}, false
+		return Peer{}, fmt.Errorf("%w: %w", errCipher, err)
 	}
-	return peer{term: f.Term, id: auth.ClientID, seal: seal, open: open}, true
+	return Peer{Term: f.Term, ID: auth.ClientID, Seal: seal, Open: open}, nil
+}
+
+// handshake runs ServerHandshake for the master: a rejected peer is logged and counted, and
+// the caller closes any peer that fails (false).
+func (m *Master) handshake(conn net.Conn, log hclog.Logger) (Peer, bool) {
+	p, err := ServerHandshake(conn, m.cfg.Secret, m.session, m.cfg.Term, m.Position().Seq)
+	var rj *Rejection
+	switch {
+	case err == nil:
+		return p, true
+	case errors.As(err, &rj) && rj.Reason == reasonAuthFailed:
+		log.Warn("rejecting peer: "+rj.Reason, "client", rj.Client)
+	case errors.As(err, &rj):
+		log.Warn("rejecting peer: "+rj.Reason, "error", rj.Err)
+	case errors.Is(err, errCipher):
+		log.Error("cannot set up the connection's cipher", "error", err)
+		return Peer{}, false
+	default:
+		return Peer{}, false // the peer went away
+	}
+	m.cfg.Metrics.AuthFailures.Inc()
+	return Peer{}, false
 }

@@ -118,14 +118,14 @@ func (m *Master) serve(ctx context.Context, conn net.Conn, release func()) {
 		return
 	}
 	release()
-	c := &cloneConn{m: m, conn: conn, since: time.Now(), rbuf: make([]byte, dataChunk), seal: peer.seal, open: peer.open, id: peer.id}
+	c := &cloneConn{m: m, conn: conn, since: time.Now(), rbuf: make([]byte, dataChunk), seal: peer.Seal, open: peer.Open, id: peer.ID}
 	log = log.With("clone", c.id)
 	c.w = bufio.NewWriterSize(countingWriter{conn, m.cfg.Metrics.WireSent.WithLabelValues(c.id)}, 256*1024)
 	r := bufio.NewReaderSize(conn, 64*1024)
 	c.bytesSent = m.cfg.Metrics.BytesSent.WithLabelValues(c.id)
 	c.filesSent = m.cfg.Metrics.FilesSent.WithLabelValues(c.id)
-	if peer.term > m.cfg.Term {
-		m.fence(peer.term)
+	if peer.Term > m.cfg.Term {
+		m.fence(peer.Term)
 		return
 	}
 	m.mu.Lock()

@@ -26,16 +26,7 @@ func TestClusterOneServerThreeClients(t *testing.T) {
 	}
 
 	srv := c.Client()
-	members, err := srv.Agent().Members(false)
-	if err != nil {
-		t.Fatalf("members: %v", err)
-	}
-	alive := map[string]string{}
-	for _, m := range members {
-		if m.Status == consul.MemberAlive {
-			alive[m.Name] = m.Addr
-		}
-	}
+	alive := aliveMembers(t, srv)
 	if len(alive) != 4 {
 		t.Fatalf("alive members = %v, want 4", alive)
 	}
@@ -87,4 +78,20 @@ func TestKillAndRestartClient(t *testing.T) {
 	if _, err := victim.APIClient(t).KV().Put(&api.KVPair{Key: "bedrock/back", Value: []byte("1")}, nil); err != nil {
 		t.Fatalf("kv put via restarted %s: %v", victim.Name, err)
 	}
+}
+
+// aliveMembers maps the name of every alive member the agent knows to its address.
+func aliveMembers(t *testing.T, agent *api.Client) map[string]string {
+	t.Helper()
+	members, err := agent.Agent().Members(false)
+	if err != nil {
+		t.Fatalf("members: %v", err)
+	}
+	alive := map[string]string{}
+	for _, m := range members {
+		if m.Status == consul.MemberAlive {
+			alive[m.Name] = m.Addr
+		}
+	}
+	return alive
 }

@@ -5,7 +5,6 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -32,21 +31,12 @@ func TestNetnsPartitionAndHeal(t *testing.T) {
 		return // skipped or failed before the segment existed
 	}
 	// the subtest's cleanup removed every namespace and the host's link
-	names, err := netns.List()
+	left, err := sw.Leftovers()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, n := range names {
-		if strings.HasPrefix(n, sw.HostLink+"-") {
-			t.Errorf("namespace %s left behind", n)
-		}
-	}
-	links, err := netns.Links(netns.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if slices.Contains(links, sw.HostLink) {
-		t.Errorf("host link %s left behind", sw.HostLink)
+	for _, l := range left {
+		t.Errorf("%s left behind", l)
 	}
 }
 
@@ -61,16 +51,7 @@ func testPartitionAndHeal(t *testing.T, c *consul.Cluster) {
 		t.Errorf("server on %s advertising %s in %q, want 127.0.0.1 advertising %s in the host's namespace",
 			c.Server.IP, c.Server.AdvertiseIP, c.Server.Netns, c.Switch.HostIP)
 	}
-	members, err := srv.Agent().Members(false)
-	if err != nil {
-		t.Fatalf("members: %v", err)
-	}
-	alive := map[string]string{}
-	for _, m := range members {
-		if m.Status == consul.MemberAlive {
-			alive[m.Name] = m.Addr
-		}
-	}
+	alive := aliveMembers(t, srv)
 	if len(alive) != 4 {
 		t.Fatalf("alive members = %v, want 4", alive)
 	}

@@ -221,21 +221,12 @@ func TestSwitch(t *testing.T) {
 
 func assertGone(t *testing.T, sw *netns.Switch) {
 	t.Helper()
-	names, err := netns.List()
+	left, err := sw.Leftovers()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, n := range names {
-		if strings.HasPrefix(n, sw.HostLink+"-") {
-			t.Errorf("namespace %s left behind", n)
-		}
-	}
-	links, err := netns.Links(netns.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if slices.Contains(links, sw.HostLink) {
-		t.Errorf("host link %s left behind", sw.HostLink)
+	for _, l := range left {
+		t.Errorf("%s left behind", l)
 	}
 }
 

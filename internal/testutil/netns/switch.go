@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 )
@@ -401,4 +402,28 @@ func hostPrefixes() ([]netip.Prefix, error) {
 
 func cidr(a netip.Addr, subnet netip.Prefix) string {
 	return netip.PrefixFrom(a, subnet.Bits()).String()
+}
+
+// Leftovers lists what of the switch is still on the host — namespaces named after its host
+// link, and the host link itself — so that tests can prove that Close (or a test's cleanup)
+// removed everything.
+func (s *Switch) Leftovers() ([]string, error) {
+	names, err := List()
+	if err != nil {
+		return nil, err
+	}
+	var left []string
+	for _, n := range names {
+		if strings.HasPrefix(n, s.HostLink+"-") {
+			left = append(left, "namespace "+n)
+		}
+	}
+	links, err := Links(Host)
+	if err != nil {
+		return nil, err
+	}
+	if slices.Contains(links, s.HostLink) {
+		left = append(left, "host link "+s.HostLink)
+	}
+	return left, nil
 }

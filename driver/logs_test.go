@@ -54,11 +54,7 @@ func loggerPID(t *testing.T, task *harness.Task) int {
 func TestLogsSurvivePluginKill(t *testing.T) {
 	requireDocker(t)
 	const n = 300
-	c := startAgent(t, "")
-	task := start(t, c, harness.TaskSpec{Config: appConfig(fmt.Sprintf(`args = ["/testapp", "log", "%d", "-every", "10ms", "-stderr", "-then", "sleep"]`, n))})
-	if err := task.Logs.WaitFor("line 20", 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	c, task := startLogging(t, n)
 	ctx := ctxFor(t, 60*time.Second)
 	recoverAndReadAll(ctx, t, c, task, n)
 	if d := countLines(t, task.Logs.Stdout(), "line", n) + countLines(t, task.Logs.Stderr(), "err", n); d != 0 {
@@ -72,11 +68,7 @@ func TestLogsSurvivePluginKill(t *testing.T) {
 func TestLogsResumeAfterFollowerKill(t *testing.T) {
 	requireDocker(t)
 	const n = 300
-	c := startAgent(t, "")
-	task := start(t, c, harness.TaskSpec{Config: appConfig(fmt.Sprintf(`args = ["/testapp", "log", "%d", "-every", "10ms", "-stderr", "-then", "sleep"]`, n))})
-	if err := task.Logs.WaitFor("line 20", 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	c, task := startLogging(t, n)
 	pid := loggerPID(t, task)
 	ctx := ctxFor(t, 60*time.Second)
 	c.Plugin.Kill()
@@ -143,4 +135,16 @@ func recoverAndReadAll(ctx context.Context, t *testing.T, c *harness.Client, tas
 	if err := task.Logs.WaitFor(fmt.Sprintf("err %d\n", n), 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// startLogging starts a task that writes n numbered lines to stdout and to stderr, 10ms apart,
+// and returns once the 20th is read.
+func startLogging(t *testing.T, n int) (*harness.Client, *harness.Task) {
+	t.Helper()
+	c := startAgent(t, "")
+	task := start(t, c, harness.TaskSpec{Config: appConfig(fmt.Sprintf(`args = ["/testapp", "log", "%d", "-every", "10ms", "-stderr", "-then", "sleep"]`, n))})
+	if err := task.Logs.WaitFor("line 20", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return c, task
 }

@@ -30,44 +30,42 @@ func main() {
 		usage()
 		os.Exit(2)
 	}
-	cmd, args := os.Args[1], os.Args[2:]
-	code := 0
-	switch cmd {
-	case "serve":
-		code = serve(args)
-	case "sleep":
-		code = sleep(args)
-	case "writer":
-		code = writer(args)
-	case "sqlite":
-		code = sqliteWriter(args)
-	case "env":
-		code = printEnv()
-	case "exit":
-		code = exitWith(args)
-	case "spawn":
-		code = spawn(args)
-	case "trap":
-		code = trap(args)
-	case "oom":
-		code = oom(args)
-	case "log":
-		code = logLines(args)
-	case "cat":
+	cmd, ok := commands[os.Args[1]]
+	if !ok {
+		usage()
+		os.Exit(2)
+	}
+	os.Exit(cmd(os.Args[2:]))
+}
+
+// commands are the test app's subcommands (see usage); each returns the exit code.
+var commands = map[string]func(args []string) int{
+	"serve":  serve,
+	"sleep":  sleep,
+	"writer": writer,
+	"sqlite": sqliteWriter,
+	"env":    func([]string) int { return printEnv() },
+	"exit":   exitWith,
+	"spawn":  spawn,
+	"trap":   trap,
+	"oom":    oom,
+	"log":    logLines,
+	"cat": func([]string) int {
 		_, _ = io.Copy(os.Stdout, os.Stdin)
-	case "whoami":
+		return 0
+	},
+	"whoami": func([]string) int {
 		wd, _ := os.Getwd()
 		host, _ := os.Hostname()
 		fmt.Printf("uid=%d gid=%d cwd=%s hostname=%s\n", os.Getuid(), os.Getgid(), wd, host)
-	case "limits":
+		return 0
+	},
+	"limits": func([]string) int {
 		var r syscall.Rlimit
 		_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r)
 		fmt.Printf("nofile=%d:%d\n", r.Cur, r.Max)
-	default:
-		usage()
-		code = 2
-	}
-	os.Exit(code)
+		return 0
+	},
 }
 
 func usage() {

@@ -47,14 +47,20 @@ func (e *env) newGroup() string { return fmt.Sprintf("g%d", e.group.Add(1)) }
 
 func (e *env) leaser(t *testing.T, client int, group, id string, tm Timing) *Consul {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	l, err := NewConsul(ctx, ConsulConfig{
+	return newConsul(t, ConsulConfig{
 		Client: e.c.Clients[client].APIClient(t), Namespace: "default", Job: "job", Group: group, ID: id,
 		Timing: tm, Logger: hclog.New(&hclog.LoggerOptions{Name: id, Level: hclog.Info, Output: testWriter{t}}),
 	})
+}
+
+// newConsul starts a Consul leaser that the test's end closes.
+func newConsul(t *testing.T, cfg ConsulConfig) *Consul {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	l, err := NewConsul(ctx, cfg)
 	if err != nil {
-		t.Fatalf("NewConsul(%s): %v", id, err)
+		t.Fatalf("NewConsul(%s): %v", cfg.ID, err)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -38,18 +38,7 @@ func TestReadGroupFromConsul(t *testing.T) {
 	client := cl.Client()
 	const root = "readtest"
 	newLeaser := func(id string) *Consul {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		l, err := NewConsul(ctx, ConsulConfig{Client: client, Root: root, Namespace: "default", Job: "web", Group: "g/1", ID: id})
-		if err != nil {
-			t.Fatalf("NewConsul(%s): %v", id, err)
-		}
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = l.Close(ctx)
-		})
-		return l
+		return newConsul(t, ConsulConfig{Client: client, Root: root, Namespace: "default", Job: "web", Group: "g/1", ID: id})
 	}
 	ctx := ctxT(t, 30*time.Second)
 	prefix := KeyPrefix(root, "default", "web", "g/1")

@@ -1,6 +1,7 @@
 package lease
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"time"
@@ -112,27 +113,13 @@ func (t Timing) WithDefaults() Timing { return t.withDefaults() }
 // withDefaults fills zero fields from DefaultTiming.
 func (t Timing) withDefaults() Timing {
 	d := DefaultTiming()
-	if t.TTL == 0 {
-		t.TTL = d.TTL
-	}
-	if t.LockDelay == 0 {
-		t.LockDelay = d.LockDelay
-	}
-	if t.Drift == 0 {
-		t.Drift = d.Drift
-	}
-	if t.StopBudget == 0 {
-		t.StopBudget = d.StopBudget
-	}
-	if t.RetryEvery == 0 {
-		t.RetryEvery = d.RetryEvery
-	}
-	if t.RankDelay == 0 {
-		t.RankDelay = d.RankDelay
-	}
-	if t.MaxRankDelay == 0 {
-		t.MaxRankDelay = d.MaxRankDelay
-	}
+	t.TTL = cmp.Or(t.TTL, d.TTL)
+	t.LockDelay = cmp.Or(t.LockDelay, d.LockDelay)
+	t.Drift = cmp.Or(t.Drift, d.Drift)
+	t.StopBudget = cmp.Or(t.StopBudget, d.StopBudget)
+	t.RetryEvery = cmp.Or(t.RetryEvery, d.RetryEvery)
+	t.RankDelay = cmp.Or(t.RankDelay, d.RankDelay)
+	t.MaxRankDelay = cmp.Or(t.MaxRankDelay, d.MaxRankDelay)
 	return t
 }
 

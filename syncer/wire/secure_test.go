@@ -74,36 +74,9 @@ func TestDeriveKeys(t *testing.T) {
 
 func TestSealedRoundTrip(t *testing.T) {
 	k := testKeys(t)
-	stream, frames := dataStream(t)
-	_ = stream
+	_, frames := dataStream(t)
 	sealed := sealedStream(t, k, frames)
-	for _, size := range []int{16, 4096, 1 << 20} {
-		open := clientOpener(t, k)
-		r := bufio.NewReaderSize(bytes.NewReader(sealed), size)
-		for i, want := range frames {
-			f, fd, _, err := open.ReadDataFrame(r, r, MaxPayload, nil, func(n int) []byte { return make([]byte, n) })
-			if err != nil {
-				t.Fatalf("buffer %d, frame %d: %v", size, i, err)
-			}
-			if f.Type != want.Type || f.Term != want.Term || f.Seq != want.Seq {
-				t.Fatalf("buffer %d, frame %d: header %+v, want %+v", size, i, f, want)
-			}
-			if f.Type != TFileData {
-				if !bytes.Equal(f.Payload, want.Payload) {
-					t.Fatalf("buffer %d, frame %d: payload differs", size, i)
-				}
-				continue
-			}
-			var wd FileData
-			must(t, wd.Unmarshal(want.Payload))
-			if fd.Offset != wd.Offset || !bytes.Equal(fd.Data, wd.Data) || len(fd.Hashes) != len(wd.Hashes) {
-				t.Fatalf("buffer %d, frame %d: data differs", size, i)
-			}
-		}
-		if _, _, _, err := open.ReadDataFrame(r, r, MaxPayload, nil, func(n int) []byte { return make([]byte, n) }); !errors.Is(err, io.EOF) {
-			t.Fatalf("after the last frame: %v", err)
-		}
-	}
+	checkDataFrames(t, sealed, frames, func() dataReader { return clientOpener(t, k).ReadDataFrame })
 	// ReadFrame and WriteFrameParts agree with Append.
 	seal, _, err := k.Server()
 	must(t, err)

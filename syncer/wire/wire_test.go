@@ -154,10 +154,23 @@ func dataStream(t testing.TB) ([]byte, []Frame) {
 // FileData.Unmarshal would, whatever the buffering.
 func TestReadDataFrame(t *testing.T) {
 	stream, frames := dataStream(t)
+	checkDataFrames(t, stream, frames, func() dataReader { return ReadDataFrame })
+}
+
+// dataReader is ReadDataFrame or an Opener's.
+type dataReader func(r *bufio.Reader, raw io.Reader, limit int, buf []byte, get func(int) []byte) (Frame, FileData, []byte, error)
+
+// checkDataFrames reads stream back, at several buffer sizes, with a reader from newReader
+// (one per pass: an Opener counts frames), and checks that it holds frames — FileData decoded,
+// not left in the payload — and nothing after them.
+func checkDataFrames(t *testing.T, stream []byte, frames []Frame, newReader func() dataReader) {
+	t.Helper()
+	get := func(n int) []byte { return make([]byte, n) }
 	for _, size := range []int{16, 4096, 1 << 20} {
+		read := newReader()
 		r := bufio.NewReaderSize(bytes.NewReader(stream), size)
 		for i, want := range frames {
-			f, fd, _, err := ReadDataFrame(r, r, MaxPayload, nil, func(n int) []byte { return make([]byte, n) })
+			f, fd, _, err := read(r, r, MaxPayload, nil, get)
 			if err != nil {
 				t.Fatalf("buffer %d, frame %d: %v", size, i, err)
 			}
@@ -184,11 +197,10 @@ func TestReadDataFrame(t *testing.T) {
 				}
 			}
 		}
-		if _, _, _, err := ReadDataFrame(r, r, MaxPayload, nil, func(n int) []byte { return make([]byte, n) }); !errors.Is(err, io.EOF) {
+		if _, _, _, err := read(r, r, MaxPayload, nil, get); !errors.Is(err, io.EOF) {
 			t.Fatalf("after the last frame: %v", err)
 		}
 	}
-
 }
 
 // TestReadDataFrameCorruption: a flipped bit anywhere in a FileData frame

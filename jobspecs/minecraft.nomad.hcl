@@ -32,9 +32,12 @@ job "minecraft" {
   # the world: a world can take a while to sync the first time.
   update {
     max_parallel     = 1
-    min_healthy_time = "1m"
-    healthy_deadline = "10m"
-    auto_revert      = true
+    min_healthy_time  = "1m"
+    healthy_deadline  = "10m"
+    # Nomad refuses a progress deadline that is not longer than the healthy deadline
+    # (its default is 10m).
+    progress_deadline = "15m"
+    auto_revert       = true
   }
 
   group "server" {

@@ -53,7 +53,9 @@ job "minecraft" {
       attribute = "${node.datacenter}"
     }
 
-    # One quick restart, then fail over to a clone instead of waiting.
+    # A crashed app hands the lock to the most caught-up clone at once,
+    # whatever this block says; it decides when the instance comes back as
+    # a clone: one quick local restart, then the allocation is replaced.
     restart {
       attempts = 1
       delay    = "2s"

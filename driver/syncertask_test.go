@@ -36,21 +36,7 @@ func TestSyncerTaskGatesTheApp(t *testing.T) {
 	ports := []harness.Port{{Label: "sync", Value: syncPort}, {Label: "http", To: 8080, Value: httpPort}}
 	job := "web" + alloc[:6]
 
-	syncer, err := agent.PrepareTask(dataDir, harness.TaskSpec{
-		Job: job, Group: "g", Task: "syncer", AllocID: alloc, Ports: ports,
-		Config: `syncer {
-		  port   = "sync"
-		  secret = "0123456789abcdef-driver-test"
-		}`,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(syncer.Logs.Close)
-	if err := agent.StartTask(ctxFor(t, 3*time.Minute), syncer); err != nil {
-		t.Fatalf("syncer task: %v", err)
-	}
-	t.Cleanup(func() { destroy(t, agent, syncer) })
+	syncer := startSyncerTask(t, agent, dataDir, job, alloc, ports)
 
 	app, err := agent.PrepareTask(dataDir, harness.TaskSpec{
 		Job: job, Group: "g", Task: "app", AllocID: alloc, Ports: ports,
@@ -153,21 +139,7 @@ func syncerFailureEvent(t *testing.T, pluginHCL string, want ...string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	syncer, err := agent.PrepareTask(t.TempDir(), harness.TaskSpec{
-		Job: "fail" + alloc[:6], Group: "g", Task: "syncer", AllocID: alloc, Ports: []harness.Port{{Label: "sync", Value: syncPort}},
-		Config: `syncer {
-		  port   = "sync"
-		  secret = "0123456789abcdef-driver-test"
-		}`,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(syncer.Logs.Close)
-	if err := agent.StartTask(ctxFor(t, 3*time.Minute), syncer); err != nil {
-		t.Fatalf("syncer task: %v", err)
-	}
-	t.Cleanup(func() { destroy(t, agent, syncer) })
+	syncer := startSyncerTask(t, agent, t.TempDir(), "fail"+alloc[:6], alloc, []harness.Port{{Label: "sync", Value: syncPort}})
 	res, err := agent.WaitTask(ctxFor(t, time.Minute), syncer)
 	if err != nil {
 		t.Fatal(err)
@@ -193,4 +165,26 @@ func syncerFailureEvent(t *testing.T, pluginHCL string, want ...string) {
 			t.Fatalf("no task event tells why the syncer exited; its stderr: %s", syncer.Logs.Stderr())
 		}
 	}
+}
+
+// startSyncerTask starts the syncer task of allocation alloc of job (group "g") on agent; it is
+// destroyed with the test.
+func startSyncerTask(t *testing.T, agent *harness.Client, dataDir, job, alloc string, ports []harness.Port) *harness.Task {
+	t.Helper()
+	syncer, err := agent.PrepareTask(dataDir, harness.TaskSpec{
+		Job: job, Group: "g", Task: "syncer", AllocID: alloc, Ports: ports,
+		Config: `syncer {
+		  port   = "sync"
+		  secret = "0123456789abcdef-driver-test"
+		}`,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(syncer.Logs.Close)
+	if err := agent.StartTask(ctxFor(t, 3*time.Minute), syncer); err != nil {
+		t.Fatalf("syncer task: %v", err)
+	}
+	t.Cleanup(func() { destroy(t, agent, syncer) })
+	return syncer
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -51,11 +50,7 @@ func sqliteWriter(args []string) int {
 		fmt.Fprintln(os.Stderr, "sqlite: reading the last id:", err)
 		return 1
 	}
-	if err := os.MkdirAll(filepath.Dir(*witness), 0o755); err != nil { //nolint:gosec // test app
-		fmt.Fprintln(os.Stderr, "sqlite:", err)
-		return 1
-	}
-	wit, err := os.OpenFile(*witness, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644) //nolint:gosec // test app
+	wit, err := openWitness(*witness)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sqlite:", err)
 		return 1

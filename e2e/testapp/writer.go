@@ -45,11 +45,7 @@ func writer(args []string) int {
 		return 1
 	}
 	defer func() { _ = out.Close() }()
-	if err := os.MkdirAll(filepath.Dir(*witness), 0o755); err != nil { //nolint:gosec // test app
-		fmt.Fprintln(os.Stderr, "writer:", err)
-		return 1
-	}
-	wit, err := os.OpenFile(*witness, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644) //nolint:gosec // test app
+	wit, err := openWitness(*witness)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "writer:", err)
 		return 1
@@ -87,6 +83,19 @@ func writer(args []string) int {
 		case <-tick.C:
 		}
 	}
+}
+
+// openWitness opens (creating it and its directory) the append-only record of every write,
+// kept outside the data dir.
+func openWitness(path string) (*os.File, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil { //nolint:gosec // test app
+		return nil, fmt.Errorf("witness: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644) //nolint:gosec // test app
+	if err != nil {
+		return nil, fmt.Errorf("witness: %w", err)
+	}
+	return f, nil
 }
 
 // readTerm returns the leader key's LockIndex, retrying for a few seconds;

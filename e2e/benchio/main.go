@@ -49,6 +49,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -269,7 +270,10 @@ func runOne(ctx context.Context, scratch, name string, tg target, w workload, du
 		return result{}, 0, fmt.Errorf("mount point: %w", err)
 	}
 	defer os.Remove(mnt)
-	j := &capture.MemJournal{}
+	var j ackedJournal = &capture.MemJournal{}
+	if tg.opt.Legacy {
+		j = &allocJournal{}
+	}
 	srv, err := capture.Mount(dir, mnt, j, *tg.opt)
 	if err != nil {
 		return result{}, 0, fmt.Errorf("mount: %w", err)
@@ -296,6 +300,44 @@ func runOne(ctx context.Context, scratch, name string, tg target, w workload, du
 		err = uerr
 	}
 	return res, ops, err
+}
+
+// ackedJournal is a journal the stand-in for the clones' acks can trim.
+type ackedJournal interface {
+	capture.Journal
+	Len() uint64
+	Reset()
+}
+
+// allocJournal is the in-memory journal as it was before issue 16's
+// tuning (one fresh allocation per write's data), for mount-old.
+type allocJournal struct {
+	mu   sync.Mutex
+	ops  []capture.Op
+	base uint64
+}
+
+func (j *allocJournal) Append(op capture.Op) uint64 {
+	if op.Data != nil {
+		op.Data = append([]byte(nil), op.Data...)
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.ops = append(j.ops, op)
+	return j.base + uint64(len(j.ops))
+}
+
+func (j *allocJournal) Len() uint64 {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.base + uint64(len(j.ops))
+}
+
+func (j *allocJournal) Reset() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.base += uint64(len(j.ops))
+	j.ops = nil
 }
 
 func percentiles(lat []time.Duration) (p50, p99 time.Duration) {

@@ -2,6 +2,7 @@ package capture
 
 import (
 	"bytes"
+	"database/sql"
 	"fmt"
 	"log"
 	"os"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	_ "modernc.org/sqlite"
 )
 
 type reqLog struct {
@@ -96,4 +99,27 @@ func TestTraceRequests(t *testing.T) {
 		t.Log(s)
 	}
 	f.Close()
+
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(mnt, "app.db")+"?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	if _, err := db.Exec(`CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)`); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		db.Exec(`INSERT INTO t (v) VALUES (?)`, data[:200])
+	}
+	l.take()
+	for range 6 {
+		db.Exec(`INSERT INTO t (v) VALUES (?)`, data[:200])
+	}
+	s = l.take()
+	n, k = countReqs(s)
+	t.Logf("sqlite: %.1f requests per insert: %s", float64(n)/6, k)
+	if testing.Verbose() {
+		t.Log(s)
+	}
 }

@@ -25,8 +25,9 @@
 // by the slowest clone's ack). The targets (-targets): "plain", "mount"
 // (the tuned default), "mount-old" (the configuration before issue 16's
 // tuning, capture.Options.Legacy), and for comparison "writeback" (the
-// kernel's writeback cache, which breaks the ordering guarantee) and
-// "naive" (go-fuse's loopback defaults).
+// kernel's writeback cache, which breaks the ordering guarantee),
+// "no-perms**" (without the kernel's permission checks, unsafe for an app
+// that is not root) and "naive" (go-fuse's loopback defaults).
 //
 // It prints a table and, as its last line (mount/plain, medians):
 //
@@ -80,6 +81,7 @@ var allTargets = []target{
 	{name: "mount", opt: &capture.Options{}},
 	{name: "mount-old", opt: &capture.Options{Legacy: true}},
 	{name: "writeback*", opt: &capture.Options{Writeback: true}},
+	{name: "no-perms**", opt: &capture.Options{NoDefaultPermissions: true}},
 	{name: "naive", opt: &capture.Options{Legacy: true, NoCache: true, JournalFlush: true, Xattrs: true, MaxWrite: 128 << 10, NoKeepCache: true}},
 }
 
@@ -99,7 +101,7 @@ func main() {
 	base := flag.String("dir", os.TempDir(), "directory on the disk to measure (a scratch directory is made inside)")
 	dur := flag.Duration("dur", time.Second, "length of each timed run (bounded at 20s)")
 	rounds := flag.Int("rounds", 5, "interleaved rounds; the table shows medians")
-	targets := flag.String("targets", "plain,mount,mount-old", "targets to measure, comma-separated: plain (always), mount, mount-old, writeback*, naive")
+	targets := flag.String("targets", "plain,mount,mount-old", "targets to measure, comma-separated: plain (always), mount, mount-old, writeback*, no-perms**, naive")
 	workloads := flag.String("workloads", "", "workloads to run, comma-separated (default: all)")
 	flag.Parse()
 	if *dur > 20*time.Second {
@@ -231,6 +233,7 @@ func run(ctx context.Context, base string, dur time.Duration, rounds int, target
 	fmt.Println("vs plain: the median of the rounds' mount/plain ratios; lat: fsync latency (sqlite: commit latency), medians of the rounds' percentiles")
 	fmt.Println("mount-old: the configuration before issue 16's tuning (capture.Options.Legacy)")
 	fmt.Println("writeback*: the kernel reorders writes; breaks the prefix guarantee, shown for comparison only")
+	fmt.Println("no-perms**: without default_permissions (no GETATTR of the directory before each create/rename); not safe for an app that is not root")
 	fmt.Printf("journal: %d ops appended by the tuned mount\n", journaled["mount"])
 	line := func(target string) string {
 		var b strings.Builder

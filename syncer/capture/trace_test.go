@@ -57,7 +57,7 @@ func TestTraceRequests(t *testing.T) {
 		t.Skip("CAPTURE_TRACE unset")
 	}
 	l := &reqLog{}
-	_, mnt, _ := mountT(t, Options{Debug: true, logger: log.New(l, "", 0)})
+	_, mnt, _ := mountT(t, Options{Debug: true, logger: log.New(l, "", 0), NoDefaultPermissions: os.Getenv("CAPTURE_TRACE") == "noperms"})
 	data := make([]byte, 4096)
 	save := func(i int) {
 		tmp := filepath.Join(mnt, fmt.Sprintf(".f%d.tmp", i%3))

@@ -2,6 +2,7 @@ package capture
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -27,5 +28,11 @@ func TestRoundTrip(t *testing.T) {
 		el := time.Since(t0)
 		f.Close()
 		t.Logf("%s: %v per 1-byte pwrite", d, el/time.Duration(n))
+		t0 = time.Now()
+		out, err := exec.Command("dd", "if=/dev/zero", "of="+filepath.Join(d, "y"), "bs=1", "count=20000", "conv=notrunc").CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		t.Logf("%s: %v per 1-byte write by dd (another process)", d, time.Since(t0)/time.Duration(n))
 	}
 }

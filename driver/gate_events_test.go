@@ -119,6 +119,18 @@ func TestGateEventSequence(t *testing.T) {
 	// A quick resync after a fail-over says one thing.
 	c.see(time.Second, syncing(a, 7, 0, 10))
 	c.see(time.Second, following(a, 7, 0), "Following "+a+" at lag 0")
+
+	// The syncer's warnings on a clone are told, once each; a standing notice too.
+	quiet := following(a, 7, 0)
+	quiet.Message = announce.MsgNotReceiving + " for 2.8s"
+	c.see(time.Second, quiet, "Not receiving from the master for 2.8s")
+	c.see(time.Second, quiet)
+	quiet.Message = announce.MsgReceivingAgain
+	c.see(time.Second, quiet, "Receiving from the master again")
+	noted := following(a, 7, 0)
+	noted.Notice = "Consul refused the 3s session TTL"
+	c.see(time.Second, noted, "Consul refused the 3s session TTL")
+	c.see(time.Second, noted)
 }
 
 // A master whose deadline passes or whose syncer goes silent: the stop is

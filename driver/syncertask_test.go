@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
+
 	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil/consul"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin/harness"
@@ -37,7 +39,7 @@ func TestSyncerTaskGatesTheApp(t *testing.T) {
 	ports := []harness.Port{{Label: "sync", Value: syncPort}, {Label: "http", To: 8080, Value: httpPort}}
 	job := "web" + alloc[:6]
 
-	syncer := startSyncerTask(t, agent, dataDir, harness.TaskSpec{Job: job, Group: "g", AllocID: alloc, Ports: ports})
+	syncer := startSyncerTask(t, agent, dataDir, job, alloc, ports)
 
 	app, err := agent.PrepareTask(dataDir, harness.TaskSpec{
 		Job: job, Group: "g", Task: "app", AllocID: alloc, Ports: ports,
@@ -73,16 +75,54 @@ func TestSyncerTaskGatesTheApp(t *testing.T) {
 	waitRunning(t, app, false, 5*time.Second)
 }
 
-// TestSyncerFailureIsATaskEvent: a syncer that cannot reach Consul exits non-zero, and the
-// reason, with what to do about it, reaches the task's events (what the Nomad UI shows),
-// not only its stderr.
+// TestSyncerFailureIsATaskEvent: a syncer that cannot use Consul exits non-zero, and the reason,
+// with what to do about it, reaches the task's events (what the Nomad UI shows), not only its
+// stderr: no agent at the configured address, and a token the ACLs deny.
 func TestSyncerFailureIsATaskEvent(t *testing.T) {
 	requireDocker(t)
-	closed, err := harness.FreePort("127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	agent := startAgent(t, fmt.Sprintf("consul {\n  address = \"127.0.0.1:%d\"\n}\n", closed))
+	t.Run("no Consul agent", func(t *testing.T) {
+		closed, err := harness.FreePort("127.0.0.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		syncerFailureEvent(t, fmt.Sprintf("consul {\n  address = \"127.0.0.1:%d\"\n}\n", closed),
+			"no Consul agent answers", "consul.address")
+	})
+	t.Run("ACL denied", func(t *testing.T) {
+		testutil.RequireConsul(t)
+		c := consul.Start(t, consul.WithHCL(`acl {
+  enabled        = true
+  default_policy = "allow"
+  tokens {
+    initial_management = "bedrock-test-management"
+  }
+}`))
+		cfg := c.Server.APIConfig()
+		cfg.Token = "bedrock-test-management"
+		admin, err := api.NewClient(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pol, _, err := admin.ACL().PolicyCreate(&api.ACLPolicy{Name: "no-sessions",
+			Rules: `session_prefix "" { policy = "deny" }
+key_prefix "" { policy = "deny" }`}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, _, err := admin.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: pol.ID}}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		syncerFailureEvent(t, fmt.Sprintf("consul {\n  address = %q\n  token = %q\n}\n", c.HTTPAddr(), tok.SecretID),
+			"Permission denied", "session:write")
+	})
+}
+
+// syncerFailureEvent starts a syncer task on a plugin configured with pluginHCL, waits for it
+// to fail and for the task event that tells why, which must contain every one of want.
+func syncerFailureEvent(t *testing.T, pluginHCL string, want ...string) {
+	t.Helper()
+	agent := startAgent(t, pluginHCL)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ev, err := agent.TaskEvents(ctx)
@@ -104,9 +144,7 @@ func TestSyncerFailureIsATaskEvent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	syncer := startSyncerTask(t, agent, t.TempDir(), harness.TaskSpec{
-		Job: "fail" + alloc[:6], Group: "g", AllocID: alloc, Ports: []harness.Port{{Label: "sync", Value: syncPort}},
-	})
+	syncer := startSyncerTask(t, agent, t.TempDir(), "fail"+alloc[:6], alloc, []harness.Port{{Label: "sync", Value: syncPort}})
 	res, err := agent.WaitTask(ctxFor(t, time.Minute), syncer)
 	if err != nil {
 		t.Fatal(err)
@@ -118,29 +156,33 @@ func TestSyncerFailureIsATaskEvent(t *testing.T) {
 	for {
 		select {
 		case m := <-got:
-			if strings.HasPrefix(m, "Syncer exited with code") {
-				if !strings.Contains(m, "no Consul agent answers") || !strings.Contains(m, "consul.address") {
-					t.Fatalf("the event does not say the cause and the fix: %q", m)
-				}
-				t.Logf("event: %s", m)
-				return
+			if !strings.HasPrefix(m, "Syncer exited with code") {
+				continue
 			}
+			for _, w := range want {
+				if !strings.Contains(m, w) {
+					t.Fatalf("the event does not say the cause and the fix (%q): %q", w, m)
+				}
+			}
+			t.Logf("event: %s", m)
+			return
 		case <-deadline:
 			t.Fatalf("no task event tells why the syncer exited; its stderr: %s", syncer.Logs.Stderr())
 		}
 	}
 }
 
-// startSyncerTask starts the syncer task of spec's allocation (on its "sync" port) in dir,
-// destroyed when the test ends.
-func startSyncerTask(t *testing.T, agent *harness.Client, dir string, spec harness.TaskSpec) *harness.Task {
+// startSyncerTask starts the syncer task of allocation alloc of job (group "g") on agent; it is
+// destroyed with the test.
+func startSyncerTask(t *testing.T, agent *harness.Client, dataDir, job, alloc string, ports []harness.Port) *harness.Task {
 	t.Helper()
-	spec.Task = "syncer"
-	spec.Config = `syncer {
+	syncer, err := agent.PrepareTask(dataDir, harness.TaskSpec{
+		Job: job, Group: "g", Task: "syncer", AllocID: alloc, Ports: ports,
+		Config: `syncer {
 		  port   = "sync"
 		  secret = "0123456789abcdef-driver-test"
-		}`
-	syncer, err := agent.PrepareTask(dir, spec)
+		}`,
+	})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -68,8 +68,9 @@ func TestRunValidate(t *testing.T) {
 		skipStdout bool
 	}{
 		{name: "clean", args: []string{"testdata/good_minimal.nomad.hcl"}, code: ExitClean},
-		{name: "warnings only", args: []string{"testdata/warn_no_restart.nomad.hcl"}, code: ExitClean,
-			stdout: "testdata/warn_no_restart.nomad.hcl:30:5: warning: no restart block: Nomad's default (2 attempts x 15s delay) can keep a crashed master's app down for 30s before a clone takes over; hint: lower attempts and delay, e.g. restart { attempts = 1 delay = \"2s\" mode = \"fail\" }\n"},
+		{name: "warnings only", args: []string{"testdata/warn_reschedule.nomad.hcl"}, code: ExitClean,
+			stdout: "testdata/warn_reschedule.nomad.hcl:7:19: warning: reschedule never replaces a failed instance (unlimited = false, attempts = 0), so the group stays short of a clone; hint: set unlimited = true, or attempts > 0\n" +
+				"testdata/warn_reschedule.nomad.hcl:8:19: warning: reschedule delay = 2m0s leaves the group short of a clone that long after an instance fails; hint: set delay = \"5s\" to \"30s\"\n"},
 		{name: "errors", args: []string{"testdata/bad_count2.nomad.hcl", "testdata/good_minimal.nomad.hcl"}, code: ExitErrors, stdout: count2Line},
 		{name: "syntax error", args: []string{"testdata/bad_syntax_token.nomad.hcl"}, code: ExitUnreadable, stdout: syntaxLine},
 		{name: "syntax error wins over errors", args: []string{"testdata/bad_count2.nomad.hcl", "testdata/bad_syntax_token.nomad.hcl"},

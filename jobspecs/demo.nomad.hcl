@@ -40,9 +40,9 @@ job "bedrock-demo" {
       attribute = "${node.datacenter}"
     }
 
-    # A crashed app gets one quick local restart; if it crashes again the
-    # allocation fails, the syncer releases the lock and the most caught-up
-    # clone is promoted within seconds.
+    # A crashed app hands the lock to the most caught-up clone at once,
+    # whatever this block says; it decides when the instance comes back as
+    # a clone: one quick local restart, then the allocation is replaced.
     restart {
       attempts = 1
       delay    = "2s"

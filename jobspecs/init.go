@@ -156,8 +156,9 @@ job {{q .Name}} {
       attribute = "${node.datacenter}"
     }
 
-    # One quick local restart; if the app crashes again the allocation fails
-    # and the most caught-up clone is promoted within seconds.
+    # A crashed app hands the lock to the most caught-up clone at once,
+    # whatever this block says; it decides when the instance comes back as
+    # a clone: one quick local restart, then the allocation is replaced.
     restart {
       attempts = 1
       delay    = "2s"

@@ -32,9 +32,12 @@ job "minecraft" {
   # the world: a world can take a while to sync the first time.
   update {
     max_parallel     = 1
-    min_healthy_time = "1m"
-    healthy_deadline = "10m"
-    auto_revert      = true
+    min_healthy_time  = "1m"
+    healthy_deadline  = "10m"
+    # Nomad refuses a progress deadline that is not longer than the healthy deadline
+    # (its default is 10m).
+    progress_deadline = "15m"
+    auto_revert       = true
   }
 
   group "server" {
@@ -50,7 +53,9 @@ job "minecraft" {
       attribute = "${node.datacenter}"
     }
 
-    # One quick restart, then fail over to a clone instead of waiting.
+    # A crashed app hands the lock to the most caught-up clone at once,
+    # whatever this block says; it decides when the instance comes back as
+    # a clone: one quick local restart, then the allocation is replaced.
     restart {
       attempts = 1
       delay    = "2s"

@@ -2,10 +2,8 @@ package jobspecs
 
 import (
 	"fmt"
-	"math"
 	"time"
 
-	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 )
 
@@ -13,8 +11,6 @@ import (
 // Bedrock promotes a clone within seconds, so anything that keeps a broken
 // master in place for longer than these is worth a second look.
 const (
-	// maxRestartDowntime bounds attempts x delay of the app's restart policy.
-	maxRestartDowntime = 10 * time.Second
 	// minHealthyTime is the shortest update min_healthy_time that leaves a
 	// replacement clone time to finish its initial sync.
 	minHealthyTime = 10 * time.Second
@@ -22,64 +18,19 @@ const (
 	maxRescheduleDelay = 30 * time.Second
 )
 
-// Nomad's defaults for service jobs, used when a jobspec sets nothing.
-const (
-	defaultRestartAttempts = 2
-	defaultRestartDelay    = 15 * time.Second
-	defaultRestartMode     = "fail"
-)
-
-// checkRestart warns when the app's restart policy keeps a crashed master in
-// place: while Nomad restarts the app locally the syncer still holds the lock,
-// so no clone can take over until the allocation fails.
+// checkRestart reads the app's restart blocks for malformed values only. A crashed app on the
+// master is no reason for a warning, whatever its restart block: the driver tells the syncer,
+// which hands the lock to a caught-up clone at once; the restart block only decides when the
+// instance comes back, as a clone.
 func (c *checker) checkRestart(g *group, app *task) {
-	attempts, delay, mode := int64(defaultRestartAttempts), defaultRestartDelay, defaultRestartMode
-	var modeRng hcl.Range
-	where := app.block.DefRange()
-	defaulted, unknown := true, false
 	for _, rb := range []*hclsyntax.Block{blockOf(g.block.Body, "restart"), blockOf(app.block.Body, "restart")} {
 		if rb == nil {
 			continue
 		}
-		defaulted = false
-		where = rb.DefRange()
-		if v, st := c.ev.integer(attrOf(rb, "attempts"), c.report); st == stateKnown {
-			attempts = v
-		} else if st != stateAbsent {
-			unknown = true
-		}
-		if v, st := c.ev.duration(attrOf(rb, "delay"), c.report); st == stateKnown {
-			delay = v
-		} else if st != stateAbsent {
-			unknown = true
-		}
-		if v, st := c.ev.str(attrOf(rb, "mode"), c.report); st == stateKnown {
-			mode, modeRng = v, attrOf(rb, "mode").Expr.Range()
-		}
+		c.ev.integer(attrOf(rb, "attempts"), c.report)
+		c.ev.duration(attrOf(rb, "delay"), c.report)
+		c.ev.str(attrOf(rb, "mode"), c.report)
 	}
-	if mode == "delay" {
-		c.warnAt(modeRng, `restart mode "delay" keeps restarting a crashed master's app and never hands over to a clone`,
-			`use mode = "fail" so the allocation fails and a clone takes over`)
-		return
-	}
-	if unknown || attempts <= 0 || delay <= 0 {
-		return
-	}
-	total := time.Duration(math.MaxInt64) // attempts x delay, saturating
-	if attempts <= int64(math.MaxInt64/delay) {
-		total = time.Duration(attempts) * delay
-	}
-	if total <= maxRestartDowntime {
-		return
-	}
-	hint := `lower attempts and delay, e.g. restart { attempts = 1 delay = "2s" mode = "fail" }`
-	if defaulted {
-		c.warnAt(where, fmt.Sprintf("no restart block: Nomad's default (%d attempts x %s delay) can keep a crashed master's app down for %s before a clone takes over",
-			attempts, delay, total), hint)
-		return
-	}
-	c.warnAt(where, fmt.Sprintf("restart policy (%d attempts x %s delay) can keep a crashed master's app down for %s before a clone takes over",
-		attempts, delay, total), hint)
 }
 
 // overlay returns the attribute from the group's block if set, else from the

@@ -132,9 +132,7 @@ var validateCases = []struct {
 	{file: "warn_dynamic_task.nomad.hcl", want: []string{
 		"warn_dynamic_task.nomad.hcl:36:5: warning: dynamic task blocks are not expanded; the tasks they generate are not checked; hint: write the bedrock tasks as plain task blocks",
 	}},
-	{file: "warn_no_restart.nomad.hcl", want: []string{
-		"warn_no_restart.nomad.hcl:30:5: warning: no restart block: Nomad's default (2 attempts x 15s delay) can keep a crashed master's app down for 30s before a clone takes over; hint: lower attempts and delay, e.g. restart { attempts = 1 delay = \"2s\" mode = \"fail\" }",
-	}},
+	{file: "good_no_restart.nomad.hcl", want: nil},
 	{file: "warn_not_bedrock.nomad.hcl", want: []string{
 		"warn_not_bedrock.nomad.hcl:1:1: warning: no task in job \"web\" uses the bedrock driver; nothing to check; hint: set driver = \"bedrock\" on the app and syncer tasks",
 	}},
@@ -142,12 +140,8 @@ var validateCases = []struct {
 		"warn_reschedule.nomad.hcl:7:19: warning: reschedule never replaces a failed instance (unlimited = false, attempts = 0), so the group stays short of a clone; hint: set unlimited = true, or attempts > 0",
 		"warn_reschedule.nomad.hcl:8:19: warning: reschedule delay = 2m0s leaves the group short of a clone that long after an instance fails; hint: set delay = \"5s\" to \"30s\"",
 	}},
-	{file: "warn_restart_slow.nomad.hcl", want: []string{
-		"warn_restart_slow.nomad.hcl:10:5: warning: restart policy (3 attempts x 10s delay) can keep a crashed master's app down for 30s before a clone takes over; hint: lower attempts and delay, e.g. restart { attempts = 1 delay = \"2s\" mode = \"fail\" }",
-	}},
-	{file: "warn_restart_task_mode_delay.nomad.hcl", want: []string{
-		"warn_restart_task_mode_delay.nomad.hcl:39:16: warning: restart mode \"delay\" keeps restarting a crashed master's app and never hands over to a clone; hint: use mode = \"fail\" so the allocation fails and a clone takes over",
-	}},
+	{file: "good_restart_slow.nomad.hcl", want: nil},
+	{file: "good_restart_task_mode_delay.nomad.hcl", want: nil},
 	{file: "warn_stateless_no_syncer.nomad.hcl", want: []string{
 		"warn_stateless_no_syncer.nomad.hcl:23:5: warning: group \"server\" has no syncer task: task \"app\" runs on every instance and nothing is replicated; hint: fine for a stateless app; for state, add a syncer task and set data on the app",
 	}},

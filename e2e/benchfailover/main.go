@@ -41,6 +41,7 @@ func main() {
 	only := flag.String("scenarios", "", "comma-separated scenarios (default: all)")
 	verbose := flag.Bool("v", false, "print the clusters' progress")
 	harness := flag.Bool("harness", false, "drive the plugins with plugin/harness instead of a real Nomad agent")
+	stock := flag.Bool("stock-consul", false, "run Bedrock's cluster on a Consul server with no extra configuration (session_ttl_min 10s)")
 	flag.Parse()
 	if !*harness {
 		if _, err := nomad.Binary(); err != nil {
@@ -63,7 +64,7 @@ func main() {
 		log = os.Stderr
 	}
 	os.Exit(cluster.RunProgram("bench-failover", log, func(ctx context.Context, t testing.TB) error {
-		return bench(ctx, t, faults, *reps, *yreps, !*harness)
+		return bench(ctx, t, faults, *reps, *yreps, !*harness, *stock)
 	}))
 }
 
@@ -90,10 +91,13 @@ func (s *series) add(r *cluster.Result) {
 	s.window = append(s.window, r.LostInWindow)
 }
 
-func bench(ctx context.Context, t testing.TB, faults []cluster.Fault, reps, yreps int, underNomad bool) error {
+func bench(ctx context.Context, t testing.TB, faults []cluster.Fault, reps, yreps int, underNomad, stockConsul bool) error {
 	how := "under a real Nomad agent (" + nomadVersion() + "), 4 clients each"
 	if !underNomad {
 		how = "plugin/harness in Nomad's place, 3 nodes each"
+	}
+	if stockConsul {
+		how += "; Bedrock's Consul stock (session_ttl_min 10s)"
 	}
 	fmt.Printf("bench-failover: %d runs per scenario, yard-stick %d runs; two clusters, %s\n", reps, yreps, how)
 	ours := &series{samples: map[cluster.Fault][]time.Duration{}}
@@ -103,7 +107,7 @@ func bench(ctx context.Context, t testing.TB, faults []cluster.Fault, reps, yrep
 		faults = slices.DeleteFunc(slices.Clone(faults), func(f cluster.Fault) bool { return f == cluster.Partition })
 		fmt.Println("bench-failover: no network namespaces here (needs root and iproute2): the partition scenario is skipped")
 	}
-	c := cluster.Start(ctx, t, cluster.Options{Job: "bench", Netns: useNetns, Nomad: underNomad})
+	c := cluster.Start(ctx, t, cluster.Options{Job: "bench", Netns: useNetns, Nomad: underNomad, StockConsul: stockConsul})
 	y := cluster.Start(ctx, t, cluster.Options{Job: "yardstick", SessionTTL: "15s", LockDelay: "15s", PlainConsulLock: true, Nomad: underNomad})
 
 	var wg sync.WaitGroup

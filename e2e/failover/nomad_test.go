@@ -71,17 +71,7 @@ func TestStockConsulUnderNomad(t *testing.T) {
 	}
 	for _, f := range []cluster.Fault{cluster.KillSyncer, cluster.NodeLoss, cluster.KillApp} {
 		ok := t.Run(string(f), func(t *testing.T) {
-			r, err := c.Run(ctx, f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Log(r.String())
-			for _, s := range r.SplitBrain {
-				t.Errorf("two masters: %s", s)
-			}
-			if r.LostWrites > 0 || r.NotSetAside > 0 {
-				t.Errorf("%d writes the clones held are missing, %d of the old master's unaccounted", r.LostWrites, r.NotSetAside)
-			}
+			runFault(ctx, t, c, f)
 		})
 		if !ok {
 			return
@@ -117,26 +107,10 @@ func TestSQLiteUnderNomad(t *testing.T) {
 	for i := 0; i < *sqliteFaults; i++ {
 		f := mix[i%len(mix)]
 		ok := t.Run(fmt.Sprintf("%02d-%s", i+1, f), func(t *testing.T) {
-			r, err := c.Run(ctx, f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Log(r.String())
+			r := runFault(ctx, t, c, f)
 			window = append(window, r.LostInWindow)
-			for _, s := range r.SplitBrain {
-				t.Errorf("two masters: %s", s)
-			}
 			if r.Integrity != "ok" {
-				t.Errorf("integrity_check on the new master: %s", r.Integrity)
-			}
-			if r.Gaps > 0 {
-				t.Errorf("%d ids missing on the new master", r.Gaps)
-			}
-			if r.LostWrites > 0 {
-				t.Errorf("%d transactions a clone held at the fault are missing on the new master", r.LostWrites)
-			}
-			if r.NotSetAside > 0 {
-				t.Errorf("%d transactions acknowledged at least %s before the fault are neither on the new master nor in lost+found", r.NotSetAside, cluster.AckWindow)
+				t.Errorf("integrity_check on the new master: %q", r.Integrity)
 			}
 		})
 		if !ok {

@@ -85,6 +85,19 @@ func writer(args []string) int {
 	}
 }
 
+// openWitness opens (creating it and its directory) the append-only record of every write,
+// kept outside the data dir.
+func openWitness(path string) (*os.File, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil { //nolint:gosec // test app
+		return nil, fmt.Errorf("witness: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644) //nolint:gosec // test app
+	if err != nil {
+		return nil, fmt.Errorf("witness: %w", err)
+	}
+	return f, nil
+}
+
 // readTerm returns the leader key's LockIndex, retrying for a few seconds;
 // 0 when Consul cannot say (the lines then show an unknown term).
 func readTerm(ctx context.Context, addr, key string) uint64 {
@@ -131,13 +144,4 @@ func getLockIndex(ctx context.Context, addr, key string) (uint64, error) {
 		return 0, errors.New("the lock is free")
 	}
 	return pairs[0].LockIndex, nil
-}
-
-// openWitness opens the witness log (outside the replicated data) for appending, creating its
-// directory: what the app acknowledged, for the tests to check against the data.
-func openWitness(p string) (*os.File, error) {
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil { //nolint:gosec // test app
-		return nil, err
-	}
-	return os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644) //nolint:gosec // test app
 }

@@ -60,5 +60,47 @@
 //
 // Op.Data is borrowed from the FUSE request buffer: a journal that frames
 // ops straight onto the connection (or into a file) needs no copy beyond
-// the one into the socket; the in-memory journal copies.
+// the one into the socket; the in-memory journal copies once, into slabs
+// it recycles.
+//
+// # What the mount costs, and what was tried (issue 16)
+//
+// A synchronous FUSE round trip costs 25-35 µs on the 2-vCPU machines
+// Bedrock is measured on, almost all of it two cross-CPU wake-ups (the
+// server's reader thread, then the app), which a guest that halts idle
+// vCPUs pays in full; the server's own work per request is a few µs. So
+// the mount costs what its round trips cost, and the levers are fewer
+// requests and fewer copies; see e2e/benchio for the numbers. Kept:
+// write-only opens are direct I/O (one copy of the data and its page
+// cache less, one request per write(2); see FS.openOut) and the journal
+// copies into recycled slabs (a fresh 1 MiB allocation per write cost
+// more than the copy). Not kept, and why:
+//
+//   - the writeback cache reorders writes (it breaks the prefix property);
+//   - dropping default_permissions saves the GETATTR of the directory the
+//     kernel sends before each create and rename (2 of 8 round trips of an
+//     atomic save), but FUSE tells the server only the caller's uid, gid
+//     and pid: not its supplementary groups nor its capabilities, and the
+//     pid of a process in the app container's pid namespace is 0 in the
+//     syncer's. A server-side check would be wrong whenever a group other
+//     than the primary one decides (mode 0640 files of a shared group,
+//     0604 files that shut a group out), so the kernel keeps checking;
+//   - the LOOKUP of the rename target after each rename is the kernel's
+//     own revalidation (LOOKUP_RENAME_TARGET forces it whatever the entry
+//     timeout) and the negative LOOKUP before each create is how the
+//     kernel opens with O_CREAT a name it has no dentry for (the rename
+//     moved the temporary name's dentry): no cache or notification of
+//     ours avoids either, and answering them from our table instead of a
+//     statx saves a µs of a 30 µs round trip;
+//   - a per-inode lock for the backing pwrite: the benchmark's workloads,
+//     like most apps, have one writer at a time, and the fs-wide lock is
+//     held for a pwrite into the page cache and a copy; it does not
+//     limit throughput (the round trip does);
+//   - passthrough of read-only opens: the workloads that miss the target
+//     are write paths, and the kernel keeps an inode either in cached or
+//     in passthrough I/O mode and fails an open that conflicts with the
+//     descriptors already open, an error apps would see on open(2);
+//   - direct I/O for read-write opens: it would send every read(2) to the
+//     server (SQLite reads its pages 4 KiB at a time) and needs
+//     FUSE_DIRECT_IO_ALLOW_MMAP for the -shm mapping.
 package capture

@@ -303,13 +303,31 @@ func (f *FS) openFlags(flags uint32) int {
 	return fl | syscall.O_CLOEXEC
 }
 
-func (f *FS) openOut() uint32 {
+// openOut says how the kernel may cache an open file.
+//
+// Write-only opens are direct I/O (FOPEN_DIRECT_IO): the kernel hands the
+// app's buffer straight to the WRITE request instead of first copying it
+// into the mount's page cache (a copy and a page allocation per 4 KiB in
+// the app's write(2), and a second copy of the data in memory), and it
+// sends a write(2) as one request instead of cutting it at the first
+// partial page it has not cached. A write-only descriptor cannot be read
+// or mapped, so nothing the app does through it wanted that cache; the
+// kernel drops the cached pages of a range it writes directly, so other
+// descriptors of the file (cached ones, or a mapping) still read what was
+// written (TestDirectWriteCoherence). Opens that can read keep the page
+// cache: making them direct would send every read(2), however small, to
+// the server.
+func (f *FS) openOut(flags uint32) uint32 {
+	var out uint32
+	if !f.opt.Legacy && !f.opt.Writeback && flags&syscall.O_ACCMODE == syscall.O_WRONLY {
+		out |= fuse.FOPEN_DIRECT_IO
+	}
 	if f.opt.NoKeepCache {
-		return 0
+		return out
 	}
 	// Nothing but this mount changes the backing directory, so the page
 	// cache of a file stays valid across opens.
-	return fuse.FOPEN_KEEP_CACHE
+	return out | fuse.FOPEN_KEEP_CACHE
 }
 
 func (n *node) Open(_ context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
@@ -329,7 +347,7 @@ func (n *node) Open(_ context.Context, flags uint32) (gofs.FileHandle, uint32, s
 		// that truncates is a change all the same.
 		f.appendOp(Op{Kind: OpTruncate, Path: rel})
 	}
-	return &file{n: n, fd: fd}, f.openOut(), 0
+	return &file{n: n, fd: fd}, f.openOut(flags), 0
 }
 
 func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
@@ -362,7 +380,7 @@ func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out 
 	out.FromStat(&st)
 	ch := n.newChild(ctx, name, &st, &bt)
 	cn, _ := ch.Operations().(*node)
-	return ch, &file{n: cn, fd: fd}, f.openOut(), 0
+	return ch, &file{n: cn, fd: fd}, f.openOut(flags), 0
 }
 
 // mkentry is the common tail of Mkdir, Mknod and Symlink (mu held): owner,

@@ -56,8 +56,15 @@ type Options struct {
 	// KernelPermissions off (NoDefaultPermissions) leaves permission checks
 	// to the backing syscalls, which run as root: only for measurement.
 	NoDefaultPermissions bool
+	// Legacy turns off every mechanism added by issue 16's tuning, so
+	// e2e/benchio can measure the configuration before it side by side
+	// with the current one (mount-old). Only for measurement.
+	Legacy bool
 	// Debug logs every FUSE request.
 	Debug bool
+
+	// logger replaces the debug log's sink (tests count requests).
+	logger *log.Logger
 }
 
 // Server is a mounted capture file system.
@@ -116,6 +123,9 @@ func Mount(backing, mountpoint string, j Journal, opt Options) (*Server, error) 
 		// either, this is a second lock on that door.
 		DisabledCapabilities: fuse.CAP_PASSTHROUGH,
 		Logger:               log.New(os.Stderr, "capture: ", 0),
+	}
+	if opt.logger != nil {
+		mo.Logger = opt.logger
 	}
 	if !opt.NoDefaultPermissions {
 		// The kernel checks modes and owners against the caller, as on

@@ -19,6 +19,7 @@ func TestDrainWaitsForTheClones(t *testing.T) {
 	defer func() { cancel(); wait() }()
 
 	px.stalled.Store(true)
+	time.Sleep(20 * time.Millisecond) // the proxy's read in flight ends
 	if err := os.WriteFile(filepath.Join(mdir, "last.txt"), []byte("written just before the hand-over"), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package replica
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -48,11 +49,18 @@ func newStallProxy(t *testing.T, target string) *stallProxy {
 					for p.stalled.Load() {
 						time.Sleep(5 * time.Millisecond)
 					}
+					// A short read deadline, so that a stall takes effect within 5 ms
+					// instead of after the next frame a blocked Read would still pass on.
+					_ = m.SetReadDeadline(time.Now().Add(5 * time.Millisecond))
 					n, err := m.Read(buf)
 					if n > 0 {
 						if _, werr := c.Write(buf[:n]); werr != nil {
 							return
 						}
+					}
+					var ne net.Error
+					if errors.As(err, &ne) && ne.Timeout() {
+						continue
 					}
 					if err != nil {
 						return

@@ -1,13 +1,15 @@
-// Package cluster runs a whole Bedrock group on one machine, with every part real except Nomad:
-// a Consul dev server plus one Consul client agent per node (e2e/consul), one plugin per node
-// driven through plugin/harness exactly as a Nomad client drives it, the real Docker engine,
-// and per node one allocation of a group with a syncer task and an app task. The app is the
-// test image's writer, which stamps every write with the term it saw, so that faults can be
-// injected and the invariants checked from the writes themselves (see check.go).
+// Package cluster runs a whole Bedrock group on one machine with real parts: a Consul dev
+// server plus one Consul client agent per node (internal/testutil/consul), the real Docker
+// engine, and per node one allocation of a group with a syncer task and an app task. Nomad is
+// either real (Options.Nomad: a Nomad server and one client agent per node, see nomad.go) or
+// played by this package through plugin/harness, one plugin per node. The app is the test
+// image's writer (or its SQLite workload), which stamps every write with the term it saw, so
+// that faults can be injected and the invariants checked from the writes themselves.
 //
-// What the harness does not do, this package does in Nomad's place: it restarts a syncer task
-// that died (restart block), stops the allocation's sidecar when its main task failed for good
-// (Nomad kills sidecars once the main tasks are dead) and places a replacement allocation.
+// In the harness mode this package does what Nomad would: it restarts a syncer task that died
+// (restart block, destroying the exited handle first as Nomad's task runner does), stops the
+// allocation's sidecar when its main task failed for good (Nomad kills sidecars once the main
+// tasks are dead) and places a replacement allocation.
 package cluster
 
 import (
@@ -45,7 +47,7 @@ type Options struct {
 	// Jobspec, when set, replaces the built-in writer group: its job, group, ports and task
 	// configs are used as a Nomad server would hand them to the clients.
 	Jobspec *Jobspec
-	// Netns runs each node's Consul agent in a network namespace of its own (e2e/consul
+	// Netns runs each node's Consul agent in a network namespace of its own (internal/testutil/consul
 	// WithNetns), which the Partition fault needs; the nodes' own processes stay on loopback.
 	Netns bool
 	// ImageAliases are extra tags given to the locally built test image before anything

@@ -13,7 +13,7 @@ import (
 )
 
 // The demo and the failover benchmark are programs, not tests, but they run the same cluster
-// as the e2e tests, whose helpers (e2e/consul, this package) take a testing.TB for logging,
+// as the e2e tests, whose helpers (internal/testutil/consul, this package) take a testing.TB for logging,
 // temporary directories, cleanups and fatal errors. programTB is that stand-in: the embedded
 // (nil) testing.TB only satisfies the interface's unexported method; every method the helpers
 // call is implemented here.

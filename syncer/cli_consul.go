@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -255,6 +256,7 @@ func (c *consulCommand) run(ctx context.Context, stderr io.Writer) int {
 		defer wg.Done()
 		reg.run(runCtx)
 	}()
+	go tellUnreplicable(runCtx, s, ann, notice)
 	// A syncer that fails in its role (a master that cannot serve clones)
 	// ends the election: the elector steps down gracefully (announces,
 	// waits out the deadline unless the app is proven stopped, releases),
@@ -389,4 +391,45 @@ func consulHint(err error, addr string) error {
 		return fmt.Errorf("%w (no Consul agent answers at %s: start the node's Consul agent or set the plugin's consul.address)", err, addr)
 	}
 	return err
+}
+
+// tellUnreplicable adds to the standing notice (a task event) the names the master cannot
+// replicate (longer than PATH_MAX, ...), whenever the first few of them change: clones do not
+// have them, and only the operator can rename them. base is the notice already standing.
+func tellUnreplicable(ctx context.Context, s *Syncer, ann *announce.Announcer, base string) {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	last := ""
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		st := s.Status()
+		if len(st.UnreplicableNames) == 0 {
+			continue
+		}
+		quoted := make([]string, len(st.UnreplicableNames))
+		for i, n := range st.UnreplicableNames {
+			quoted[i] = strconv.Quote(clipName(n))
+		}
+		msg := "these names cannot be replicated, clones do not have them (rename or shorten them): " + strings.Join(quoted, ", ")
+		if msg == last {
+			continue
+		}
+		last = msg
+		if base != "" {
+			msg = base + "; " + msg
+		}
+		ann.SetNotice(msg)
+	}
+}
+
+// clipName shortens a name for a task event (one longer than PATH_MAX is the usual case).
+func clipName(n string) string {
+	if len(n) > 120 {
+		return n[:60] + "…" + n[len(n)-40:]
+	}
+	return n
 }

@@ -73,6 +73,9 @@ func TestOddNamesReplicated(t *testing.T) {
 	if m.metric("bedrock_sync_unreplicable_entries_total") < 1 {
 		t.Fatal("the name longer than PATH_MAX was not counted")
 	}
+	if st := m.status(); st.Unreplicable < 1 || len(st.UnreplicableNames) == 0 {
+		t.Fatalf("the master's status does not report the name it cannot replicate: %+v", st)
+	}
 	if !strings.Contains(m.logs.String(), "cannot replicate this name") {
 		t.Fatal("the name longer than PATH_MAX was not logged")
 	}

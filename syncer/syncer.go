@@ -85,6 +85,10 @@ type Status struct {
 	Error    string        `json:"error,omitempty"`
 	Progress core.Progress `json:"initial_sync"`
 	Clones   []CloneStatus `json:"clones,omitempty"`
+	// Unreplicable is, on a master, how often it met a name it cannot replicate (longer than
+	// PATH_MAX, ...), and UnreplicableNames the first few: clones do not have them.
+	Unreplicable      int      `json:"unreplicable,omitempty"`
+	UnreplicableNames []string `json:"unreplicable_names,omitempty"`
 	// MasterSeq is, on a clone, the master's head as last heard (handshake,
 	// live operations, heartbeats); Lag is how many operations the clone's
 	// copy is behind it, once the initial sync is done.
@@ -225,6 +229,7 @@ func (s *Syncer) Status() Status {
 		st.Position = m.Position()
 		st.CaughtUp, st.Synced = true, true
 		st.Clones = m.Clones()
+		st.Unreplicable, st.UnreplicableNames = m.Unreplicable()
 		if err := m.ListenErr(); err != nil {
 			// Clones cannot connect: not healthy, whatever else holds.
 			st.Healthy = false

@@ -76,6 +76,9 @@ type Master struct {
 	// synced and recorded), whether or not it is still connected: the high-water mark the
 	// election publishes (see lease/highwater.go).
 	acked core.Position
+	// unreplicableCount and unreplicableNames are what Unreplicable reports.
+	unreplicableCount int
+	unreplicableNames []string
 }
 
 // NewMaster prepares a master; Run starts it.

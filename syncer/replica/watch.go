@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io/fs"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -255,11 +256,28 @@ func (m *Master) unreadable(name string, err error) {
 	m.log.Warn("cannot read, clones keep their copy", "path", name, "error", err)
 }
 
+// maxUnreplicableShown bounds the names Unreplicable returns (status, task event).
+const maxUnreplicableShown = 3
+
+// Unreplicable is how often the master met a name it cannot replicate, and the first few of
+// them: what status and the task event show, beside the metric and the log.
+func (m *Master) Unreplicable() (int, []string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.unreplicableCount, slices.Clone(m.unreplicableNames)
+}
+
 // unreplicable reports a name that cannot be replicated (see
 // tree.ValidName): counted every time it is met, logged once per name (a
 // rescan meets it again), and left out; everything else carries on.
 func (m *Master) unreplicable(name string, err error) {
 	m.cfg.Metrics.Unreplicable.Inc()
+	m.mu.Lock()
+	m.unreplicableCount++
+	if len(m.unreplicableNames) < maxUnreplicableShown && !slices.Contains(m.unreplicableNames, name) {
+		m.unreplicableNames = append(m.unreplicableNames, name)
+	}
+	m.mu.Unlock()
 	if m.skipped == nil {
 		m.skipped = make(map[string]bool)
 	}

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/nomad/api"
+	"golang.org/x/sync/errgroup"
 )
 
 // EnvBinary names the environment variable that points at the nomad binary to use.
@@ -189,17 +190,11 @@ func Start(t testing.TB, opts Options) *Cluster {
 		}
 		c.Clients = append(c.Clients, a)
 	}
-	errs := make([]error, len(c.Clients))
-	var wg sync.WaitGroup
-	for i, a := range c.Clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = c.spawn(ctx, a)
-		}()
+	var g errgroup.Group // the clients side by side
+	for _, a := range c.Clients {
+		g.Go(func() error { return c.spawn(ctx, a) })
 	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if err := g.Wait(); err != nil {
 		t.Fatalf("nomad: start clients: %v", err)
 	}
 	for _, a := range c.Clients {

@@ -20,7 +20,6 @@ package consul
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -36,6 +35,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/internal/testutil/netns"
 )
@@ -250,18 +250,11 @@ func Start(t testing.TB, opts ...Option) *Cluster {
 		n.DataDir = filepath.Join(c.dir, n.Name, "data")
 		c.Clients = append(c.Clients, n)
 	}
-	// start the clients side by side
-	errs := make([]error, len(c.Clients))
-	var wg sync.WaitGroup
-	for i, n := range c.Clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = c.launch(ctx, n)
-		}()
+	var g errgroup.Group // the clients side by side
+	for _, n := range c.Clients {
+		g.Go(func() error { return c.launch(ctx, n) })
 	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if err := g.Wait(); err != nil {
 		t.Fatalf("consul: start clients: %v", err)
 	}
 	if err := c.waitReady(ctx); err != nil {

@@ -149,6 +149,13 @@ func sample(a, b *node) *overlapSampler {
 	return s
 }
 
+// sawB tells whether the sampler has seen b's app running.
+func (s *overlapSampler) sawB() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.bFirst.IsZero()
+}
+
 func (s *overlapSampler) finish() (overlaps int, aLast, bFirst time.Time) {
 	close(s.stop)
 	<-s.done
@@ -199,7 +206,8 @@ func (e *env) oneMasterAtATime(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		testutil.WaitFor(t, 15*time.Second, func() bool { return nb.running.Load() })
+		// until the sampler itself saw the new app run (it polls; under load it may lag)
+		testutil.WaitFor(t, 15*time.Second, s.sawB)
 		overlaps, aLast, bFirst := s.finish()
 		t.Logf("%s: old app last seen running %s after the cut, new app running %s after the cut (gap %s, term %d → %d)",
 			scenario, aLast.Sub(cut).Round(time.Millisecond), bFirst.Sub(cut).Round(time.Millisecond),

@@ -27,7 +27,10 @@ func TestCloneBeyondTheNewMastersStartMovesAside(t *testing.T) {
 	start := m1.Position() // where the less advanced clone (m2dir) was promoted from
 	writeTestFile(t, filepath.Join(m1dir, "late"), "acknowledged by this clone only")
 	waitUntil(t, 10*time.Second, "the late write replicated", func() bool {
-		return c1.Status().Position.Seq > start.Seq && c1.Status().CaughtUp
+		// the watcher may send the create before the content: wait for the content itself
+		b, err := os.ReadFile(filepath.Join(cdir, "late"))
+		return err == nil && string(b) == "acknowledged by this clone only" &&
+			c1.Status().Position.Seq > start.Seq && c1.Status().CaughtUp
 	})
 	held := c1.Status().Position
 	cancel1()

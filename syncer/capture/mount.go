@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
@@ -178,3 +179,15 @@ func (s *Server) Mountpoint() string { return s.mountpoint }
 // ErrUnusable reports whether err says the kernel or the process cannot
 // use FUSE (no /dev/fuse, not privileged): tests skip on it.
 func ErrUnusable(err error) bool { return errors.Is(err, errUnusable) }
+
+// Pause holds every change through the mount (and name lookups) until
+// the returned function is called; changes already under way complete
+// first. The master pauses while it cuts a clone over from the watcher's
+// stream to the journal: with nothing changing, the clone's copy can be
+// proven equal to the directory at one journal position. Keep it short:
+// the app's writes wait.
+func (s *Server) Pause() (resume func()) {
+	s.fs.mu.Lock()
+	var once sync.Once
+	return func() { once.Do(s.fs.mu.Unlock) }
+}

@@ -25,6 +25,8 @@ type Replayer struct {
 	NoSync bool
 	// Owners applies uid/gid (only root can).
 	Owners bool
+	// borrowed: root belongs to the caller (ReplayerOn).
+	borrowed bool
 }
 
 // NewReplayer opens dir for replay.
@@ -36,8 +38,19 @@ func NewReplayer(dir string) (*Replayer, error) {
 	return &Replayer{root: r, Owners: os.Geteuid() == 0}, nil
 }
 
+// ReplayerOn replays into a directory the caller has open already (a
+// clone's data root); Close leaves it open.
+func ReplayerOn(root *os.Root) *Replayer {
+	return &Replayer{root: root, Owners: os.Geteuid() == 0, borrowed: true}
+}
+
 // Close releases the directory.
-func (r *Replayer) Close() error { return r.root.Close() }
+func (r *Replayer) Close() error {
+	if r.borrowed {
+		return nil
+	}
+	return r.root.Close()
+}
 
 // Replay applies ops to dir and syncs at every fsync marker.
 func Replay(ctx context.Context, dir string, ops []Op) error {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/capture"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/tree"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/wire"
@@ -37,6 +38,9 @@ type CloneConfig struct {
 	// clone): its divergent files are moved aside before the initial sync, like a former
 	// master's.
 	Base core.Position
+	// Capture: the group runs in a capture mode (journal.go). A copy counts as synced only
+	// once its master cut it over to the journal, and from then on it applies the journal.
+	Capture bool
 }
 
 // CloneState is what a clone knows about itself.
@@ -80,6 +84,9 @@ type Clone struct {
 	// true during an initial sync, when silences are the clone's own work (watch).
 	heard time.Time
 	bulk  bool
+	// journal: this session (or the one it resumes) follows the capture journal; rp applies it.
+	journal bool
+	rp      *capture.Replayer
 }
 
 // NewClone prepares a clone; Run starts it.
@@ -91,6 +98,13 @@ func NewClone(cfg CloneConfig) *Clone {
 		cfg.Metrics = NewMetrics(nil)
 	}
 	c := &Clone{cfg: cfg, log: cfg.Logger, ap: &tree.Applier{Root: cfg.Root, Owners: cfg.Owners, Bulk: true}}
+	if cfg.Capture {
+		c.rp = capture.ReplayerOn(cfg.Root)
+		// A position is acknowledged after a syncfs of the whole copy (live.go), which covers
+		// every fsync marker before it: one sync per acknowledgement, not one per marker.
+		c.rp.NoSync = true
+		c.rp.Owners = cfg.Owners
+	}
 	st := cfg.State.Get()
 	c.st.Position = st.Position
 	// A copy that completed an initial sync stays a complete copy, at its
@@ -294,7 +308,7 @@ func (c *Clone) runSession(ctx context.Context) error {
 	resume := c.resumable && c.session == hello.Session && pos.Term == s.term
 	c.mu.Unlock()
 	if resume {
-		err = s.send(wire.TResume, pos.Seq, (&wire.Resume{Session: hello.Session}).Marshal())
+		err = s.send(wire.TResume, pos.Seq, (&wire.Resume{Session: hello.Session, Journal: c.journal}).Marshal())
 	} else {
 		err = s.send(wire.TNeedManifest, pos.Seq, nil)
 	}
@@ -318,6 +332,7 @@ func (c *Clone) runSession(ctx context.Context) error {
 		c.mu.Lock()
 		c.resumable = false
 		c.session = hello.Session
+		c.journal = false
 		c.mu.Unlock()
 		if err := s.initialSync(ctx, f); err != nil {
 			return err

@@ -111,6 +111,9 @@ func (s *session) stream(ctx context.Context) error {
 		if err := s.checkTerm(f); err != nil {
 			return err
 		}
+		if c.journal && watcherOp(f.Type) {
+			return fmt.Errorf("a watcher's %s on the journal stream", f.Type)
+		}
 		applied := true
 		switch f.Type {
 		case wire.THeartbeat:
@@ -125,6 +128,11 @@ func (s *session) stream(ctx context.Context) error {
 				}
 			}
 			continue
+		case wire.TJournal:
+			err = s.applyJournal(f)
+		case wire.TNop:
+		case wire.TCut:
+			err = s.cutOver(f)
 		case wire.TFileBegin, wire.TFileData:
 			applied = false
 			_, err = s.applyFile(f)

@@ -36,6 +36,16 @@ type MasterConfig struct {
 	// Relisten, if set, opens the listener again when it closed under the
 	// master (not by the master itself); see relistenFor.
 	Relisten func() (net.Listener, error)
+	// Capture: the app writes through a capture mount whose journal is this master
+	// (journal.go); clones are cut over to the journal once caught up.
+	Capture bool
+	// SyncAcks, in capture mode, makes the mount's fsync wait until this many clones on the
+	// journal acknowledged it (sync replication); 0 is async.
+	SyncAcks int
+	// SyncTimeout bounds that wait (default 10s); past it the fsync fails with EIO.
+	SyncTimeout time.Duration
+	// LogBytes bounds the journal data kept in the op log (default 64 MiB).
+	LogBytes int64
 }
 
 // Master serves the data directory to clones.
@@ -76,6 +86,14 @@ type Master struct {
 	// synced and recorded), whether or not it is still connected: the high-water mark the
 	// election publishes (see lease/highwater.go).
 	acked core.Position
+	// pause is the capture mount's pause (SetPause); nil until the mount is up.
+	pause func() (resume func())
+	// ackWake is closed (and replaced) on every acknowledgement: WaitDurable waits on it.
+	ackWake chan struct{}
+	// logBytes is the journal data held in ops.
+	logBytes int64
+	// markReq registers a waiter for the watcher's marker event (watcherCaughtUp).
+	markReq chan chan struct{}
 	// unreplicableCount and unreplicableNames are what Unreplicable reports.
 	unreplicableCount int
 	unreplicableNames []string
@@ -89,6 +107,12 @@ func NewMaster(cfg MasterConfig) *Master {
 	if cfg.LogOps <= 0 {
 		cfg.LogOps = 100000
 	}
+	if cfg.LogBytes <= 0 {
+		cfg.LogBytes = defaultLogBytes
+	}
+	if cfg.SyncTimeout <= 0 {
+		cfg.SyncTimeout = defaultSyncTimeout
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
@@ -99,6 +123,7 @@ func NewMaster(cfg MasterConfig) *Master {
 		cfg: cfg, log: cfg.Logger, open: tree.NewOpener(cfg.Root), session: randomSession(), buf: make([]byte, 256*tree.BlockSize),
 		stop: make(chan struct{}), flushReq: make(chan chan struct{}), cache: make(map[string]*tree.Entry), first: 1, watched: make(map[string]bool),
 		notify: make(chan struct{}), ready: make(chan struct{}), clones: make(map[*cloneConn]struct{}),
+		ackWake: make(chan struct{}), markReq: make(chan chan struct{}),
 	}
 }
 
@@ -144,8 +169,24 @@ func (m *Master) appendOps(ops []*op) {
 			m.log.Debug("op", "seq", o.seq, "kind", o.kind.String(), "path", o.path, "to", o.to, "ranges", len(o.ranges), "whole", o.whole)
 		}
 	}
-	// Trim in steps of a quarter of the log, so appending stays cheap.
-	if over := len(m.ops) - m.cfg.LogOps; over > m.cfg.LogOps/4 {
+	for _, o := range ops {
+		m.logBytes += int64(len(o.payload))
+	}
+	// Trim in steps of a quarter of the log, so appending stays cheap; the journal's data is
+	// bounded too (a clone further behind resyncs through the manifest).
+	over := len(m.ops) - m.cfg.LogOps
+	if over <= m.cfg.LogOps/4 {
+		over = 0
+	}
+	if m.logBytes > m.cfg.LogBytes {
+		for b := m.logBytes; over < len(m.ops) && b > m.cfg.LogBytes*3/4; over++ {
+			b -= int64(len(m.ops[over].payload))
+		}
+	}
+	if over > 0 {
+		for _, o := range m.ops[:over] {
+			m.logBytes -= int64(len(o.payload))
+		}
 		m.ops = append([]*op(nil), m.ops[over:]...)
 		m.first += uint64(over)
 	}

@@ -14,6 +14,8 @@ type Metrics struct {
 	Unreadable    prometheus.Counter
 	Rescans       prometheus.Counter
 	Overflows     prometheus.Counter
+	Cuts          prometheus.Counter
+	SyncTimeouts  prometheus.Counter
 	AuthFailures  prometheus.Counter
 	BytesReceived prometheus.Counter
 	ApplyErrors   prometheus.Counter
@@ -47,6 +49,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Unreadable:    prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "unreadable_files_total", Help: "Files the master could not read."}),
 		Rescans:       prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "rescans_total", Help: "Full rescans of the data directory."}),
 		Overflows:     prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "watch_overflows_total", Help: "inotify queue overflows (each forces a rescan)."}),
+		Cuts:          prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "journal_cuts_total", Help: "Clones cut over from the watcher's stream to the capture journal."}),
+		SyncTimeouts:  prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "sync_timeouts_total", Help: "fsyncs failed because too few clones acknowledged them in time (sync mode)."}),
 		AuthFailures:  prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "auth_failures_total", Help: "Peers that failed authentication."}),
 		BytesReceived: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "bytes_received_total", Help: "File data bytes applied by this clone."}),
 		ApplyErrors:   prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "apply_errors_total", Help: "Changes this clone failed to apply."}),
@@ -70,7 +74,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.BytesSent, m.FilesSent, m.WireSent, m.LagSeq, m.LagSeconds, m.Ops, m.Unreadable, m.Rescans,
-			m.Overflows, m.AuthFailures, m.BytesReceived, m.ApplyErrors, m.Term, m.Seq, m.CaughtUp, m.Healthy, m.Silence,
+			m.Overflows, m.Cuts, m.SyncTimeouts, m.AuthFailures, m.BytesReceived, m.ApplyErrors, m.Term, m.Seq, m.CaughtUp, m.Healthy, m.Silence,
 			m.InitBytes, m.InitBytesTot, m.InitFiles, m.InitFilesTot, m.AcceptErrors, m.PreAuthRefused, m.ListenerUp, m.Unreplicable)
 	}
 	return m

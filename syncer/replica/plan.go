@@ -115,13 +115,16 @@ func (s *session) initialSync(ctx context.Context, f wire.Frame) error {
 	c.log.Debug("initial sync timings", "manifest", tManifest.Sub(tStart).String(), "reconcile", tPlan.Sub(tManifest).String(),
 		"transfer", tFiles.Sub(tPlan).String(), "dirs", tData.Sub(tFiles).String(), "sync", time.Since(tData).String())
 	pos := core.Position{Term: s.term, Seq: snap}
+	// In a capture mode the copy is a mix of moments until the master cuts it over to the
+	// journal (journal.go): it is synced from then on, not now.
+	synced := !c.cfg.Capture
 	if err := c.cfg.State.Update(func(st *State) {
-		st.Position, st.Synced, st.Role = pos, true, core.RoleClone
+		st.Position, st.Synced, st.Role = pos, synced, core.RoleClone
 	}); err != nil {
 		return applyError{err}
 	}
 	c.mu.Lock()
-	c.st.Position, c.st.Synced = pos, true
+	c.st.Position, c.st.Synced = pos, synced
 	c.recorded = pos
 	c.st.MasterSeq = max(c.st.MasterSeq, snap)
 	c.st.Progress.Done = true

@@ -32,6 +32,11 @@ type cloneConn struct {
 	wmu    sync.Mutex
 	acked  core.Position
 	synced bool
+	// journal: the clone follows the capture journal (cut over, or resumed so); guarded by
+	// m.mu, written only by the stream goroutine.
+	journal bool
+	// cutAt is when a cut-over may be tried next (stream goroutine only).
+	cutAt time.Time
 	sent   int64
 	files  int64
 	since  time.Time
@@ -153,14 +158,16 @@ func (m *Master) serve(ctx context.Context, conn net.Conn, release func()) {
 	}
 	_ = conn.SetReadDeadline(time.Time{})
 	resumeFrom := uint64(0)
-	resume := false
+	resume, resumeJournal := false, false
 	if f.Type == wire.TResume {
 		var rq wire.Resume
-		if rq.Unmarshal(f.Payload) == nil && rq.Session == m.session && f.Term == m.cfg.Term {
+		// A clone that followed the journal resumes on it; only a capture master has one.
+		if rq.Unmarshal(f.Payload) == nil && rq.Session == m.session && f.Term == m.cfg.Term && (m.cfg.Capture || !rq.Journal) {
 			m.mu.Lock()
 			resume = f.Seq+1 >= m.first && f.Seq <= m.head
 			m.mu.Unlock()
 			resumeFrom = f.Seq
+			resumeJournal = rq.Journal
 		}
 	} else if f.Type != wire.TNeedManifest {
 		log.Warn("unexpected first request", "type", f.Type.String())
@@ -179,6 +186,7 @@ func (m *Master) serve(ctx context.Context, conn net.Conn, release func()) {
 		m.mu.Lock()
 		c.acked = core.Position{Term: m.cfg.Term, Seq: resumeFrom}
 		c.synced = true
+		c.journal = resumeJournal
 		m.mu.Unlock()
 		c.wmu.Lock()
 		err2 = c.send(wire.TResume, resumeFrom, nil)
@@ -270,6 +278,8 @@ func (c *cloneConn) ack(f wire.Frame) {
 		if m.acked.Less(c.acked) {
 			m.acked = c.acked
 		}
+		close(m.ackWake)
+		m.ackWake = make(chan struct{})
 	}
 	lag := m.head - c.acked.Seq
 	m.mu.Unlock()
@@ -348,6 +358,7 @@ func (c *cloneConn) stream(ctx context.Context, next uint64) error {
 	m := c.m
 	hb := time.NewTicker(heartbeatEvery)
 	defer hb.Stop()
+	var skipped uint64 // the last op skipped since the last one sent
 	for {
 		m.mu.Lock()
 		if m.fenced {
@@ -368,12 +379,28 @@ func (c *cloneConn) stream(ctx context.Context, next uint64) error {
 		}
 		notify := m.notify
 		head := m.head
+		journal := c.journal
+		cutReady := m.cfg.Capture && !journal && m.pause != nil && c.acked.Seq == head && !time.Now().Before(c.cutAt)
 		m.mu.Unlock()
 		if o != nil {
 			c.wmu.Lock()
-			err := c.sendOp(o)
+			var err error
+			if (o.kind == wire.TJournal) != journal {
+				// Not for this clone's stream (see journal.go): skipped, and the position
+				// advanced over it when nothing else follows.
+				skipped = o.seq
+			} else {
+				skipped = 0
+				err = c.sendOp(o)
+			}
 			if err == nil && next == head {
-				err = c.flush()
+				if skipped != 0 {
+					err = c.send(wire.TNop, skipped, nil)
+					skipped = 0
+				}
+				if err == nil {
+					err = c.flush()
+				}
 			}
 			c.wmu.Unlock()
 			if err != nil {
@@ -387,6 +414,16 @@ func (c *cloneConn) stream(ctx context.Context, next uint64) error {
 		c.wmu.Unlock()
 		if err != nil {
 			return err
+		}
+		if cutReady {
+			if err := c.cut(ctx, &next); err != nil {
+				if !errors.Is(err, errCutAbandoned) {
+					return err
+				}
+				m.log.Warn("cut-over to the journal failed; the clone stays on the watcher's stream for now", "clone", c.id, "error", err)
+				c.cutAt = time.Now().Add(cutRetry)
+			}
+			continue
 		}
 		select {
 		case <-ctx.Done():
@@ -431,6 +468,8 @@ func (c *cloneConn) sendOp(o *op) error {
 		return c.send(o.kind, o.seq, (&wire.PathMsg{Path: o.path}).Marshal())
 	case wire.TRename:
 		return c.send(o.kind, o.seq, (&wire.Rename{From: o.path, To: o.to}).Marshal())
+	case wire.TJournal:
+		return c.send(o.kind, o.seq, o.payload)
 	}
 	return fmt.Errorf("unknown op %s", o.kind)
 }

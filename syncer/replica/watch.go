@@ -28,6 +28,8 @@ type op struct {
 	ranges []wire.Range
 	known  uint64 // blocks the ranges refer to
 	whole  bool
+	// payload is a TJournal op's encoding (capture mode).
+	payload []byte
 }
 
 // watchLoop detects changes: inotify events mark paths dirty; the dirty set
@@ -56,8 +58,14 @@ func (m *Master) watchLoop(ctx context.Context) error {
 	rescan := time.NewTicker(m.cfg.RescanInterval)
 	defer rescan.Stop()
 	dirty := make(map[string]struct{})
+	// markWaiters wait for the marker event (watcherCaughtUp); marked says it came.
+	var markWaiters []chan struct{}
+	marked := false
 	add := func(ev fsnotify.Event) {
 		rel, ok := m.rel(ev.Name)
+		if ok && rel == tree.StateDir && len(markWaiters) > 0 {
+			marked = true
+		}
 		if !ok || rel == "" || tree.Excluded(rel) {
 			return
 		}
@@ -70,6 +78,9 @@ func (m *Master) watchLoop(ctx context.Context) error {
 			return nil
 		case <-m.stop:
 			return nil
+		case mw := <-m.markReq:
+			markWaiters = append(markWaiters, mw)
+			continue
 		case flushed = <-m.flushReq:
 			// The kernel queued the events of every write made before the request; give
 			// the watcher's reader a moment to hand them over, then cut them below.
@@ -113,6 +124,12 @@ func (m *Master) watchLoop(ctx context.Context) error {
 		m.fixRenamedWatches(ctx)
 		if flushed != nil {
 			close(flushed)
+		}
+		if marked {
+			for _, w := range markWaiters {
+				close(w)
+			}
+			markWaiters, marked = nil, false
 		}
 	}
 }

@@ -77,12 +77,22 @@ const (
 	TAck
 	TError
 	TResyncRequired
+	// TJournal carries one operation of the master's capture journal (issue 16): applied
+	// in order, a prefix of these is a state the master's directory really was in.
+	TJournal
+	// TNop advances a clone's position over operations that are not for its stream (a
+	// clone following the journal skips the watcher's, and the other way round).
+	TNop
+	// TCut tells a clone that its copy now equals the master's directory at the frame's
+	// sequence (taken with the app's writes paused) and that the journal follows.
+	TCut
 	tMax
 )
 
 var typeNames = [...]string{"", "hello", "auth", "auth-ok", "resume", "need-manifest", "manifest-chunk",
 	"manifest-end", "request", "requests-done", "file-begin", "file-data", "file-end", "file-gone", "mkdir",
-	"symlink", "delete", "rename", "meta", "synced", "heartbeat", "ack", "error", "resync-required"}
+	"symlink", "delete", "rename", "meta", "synced", "heartbeat", "ack", "error", "resync-required",
+	"journal", "nop", "cut"}
 
 func (t Type) String() string {
 	if t > 0 && t < tMax {

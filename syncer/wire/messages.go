@@ -30,6 +30,9 @@ type AuthOK struct {
 // Resume asks to continue after the frame's (term, seq) within Session.
 type Resume struct {
 	Session uint64
+	// Journal says the clone followed the capture journal (it had been cut over), so the
+	// master resumes it on the journal rather than on the watcher's operations.
+	Journal bool
 }
 
 // Range is a run of blocks.
@@ -150,12 +153,13 @@ func (m *AuthOK) Unmarshal(b []byte) error {
 }
 
 // Marshal encodes the Resume payload.
-func (m *Resume) Marshal() []byte { e := Enc{}; e.U64(m.Session); return e.B }
+func (m *Resume) Marshal() []byte { e := Enc{}; e.U64(m.Session); e.Bool(m.Journal); return e.B }
 
 // Unmarshal decodes a Resume payload, rejecting malformed or trailing input.
 func (m *Resume) Unmarshal(b []byte) error {
 	d := NewDec(b)
 	m.Session = d.U64()
+	m.Journal = d.Bool()
 	return d.Done()
 }
 

@@ -80,7 +80,17 @@ func allocDataDir(allocDir string) string {
 // is a shared mount point. It is idempotent.
 func prepareCaptureMount(allocDir, taskName string) error {
 	data := allocDataDir(allocDir)
-	if err := os.MkdirAll(data, 0o777); err != nil && !isDeadMount(err) {
+	if err := os.MkdirAll(filepath.Dir(data), 0o777); err != nil {
+		return fmt.Errorf("alloc dir: %w", err)
+	}
+	p, err := resolveMountPath(data)
+	if err != nil {
+		return err
+	}
+	if _, err := detachDeadMounts(p); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(p, 0o777); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
 	backing := filepath.Join(allocDir, taskName, "local", captureBackingDir)
@@ -88,7 +98,7 @@ func prepareCaptureMount(allocDir, taskName string) error {
 		// The mount's root shows the backing dir's mode: give it the data
 		// dir's (Nomad makes that one writable by any task user).
 		mode := fs.FileMode(0o777)
-		if fi, err := os.Stat(data); err == nil {
+		if fi, err := os.Stat(p); err == nil {
 			mode = fi.Mode().Perm()
 		}
 		if err := os.MkdirAll(backing, 0o755); err != nil {
@@ -98,13 +108,6 @@ func prepareCaptureMount(allocDir, taskName string) error {
 			return fmt.Errorf("backing dir: %w", err)
 		}
 	}
-	p, err := resolveMountPath(data)
-	if err != nil {
-		return err
-	}
-	if _, err := detachDeadMounts(p); err != nil {
-		return err
-	}
 	return shareMountPoint(p)
 }
 
@@ -112,6 +115,9 @@ func prepareCaptureMount(allocDir, taskName string) error {
 // mounted: everything stacked on the data directory is detached.
 func releaseCaptureMount(allocDir string) (int, error) {
 	p, err := resolveMountPath(allocDataDir(allocDir))
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil // already removed
+	}
 	if err != nil {
 		return 0, err
 	}

@@ -51,6 +51,21 @@ func TestSyncerModeValidated(t *testing.T) {
 	}
 }
 
+// TestNoFUSEError: a capture mode on a node without /dev/fuse fails the
+// task for good, saying what is missing and how to do without.
+func TestNoFUSEError(t *testing.T) {
+	err := errNoFUSE(syncerModeSync)
+	var re *plugin.RecoverableError
+	if !errors.As(err, &re) || re.Recoverable {
+		t.Errorf("want a fatal error: %v", err)
+	}
+	for _, want := range []string{"syncer.mode", "/dev/fuse", "modprobe fuse", `mode = "watch"`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the error does not say %s: %v", want, err)
+		}
+	}
+}
+
 // argAfter is the value after flag in args.
 func argAfter(args []string, flag string) (string, bool) {
 	i := slices.Index(args, flag)

@@ -29,6 +29,9 @@ const (
 	labelGroup     = labelPrefix + "group"
 	labelNamespace = labelPrefix + "namespace"
 	labelNode      = labelPrefix + "node_id"
+	// labelCapture marks a syncer container in a capture mode (its value
+	// is the mode): removing it leaves mounts on the host to undo.
+	labelCapture = labelPrefix + "capture"
 )
 
 // Paths inside the container, as Nomad's docker driver lays them out (the
@@ -83,6 +86,9 @@ func buildContainer(s *settings, cfg *plugin.TaskConfig, tc *TaskConfig, imageRe
 		labelJob: cfg.JobName, labelGroup: cfg.Group, labelNamespace: cfg.Namespace, labelNode: nodeLabel(cfg),
 	} {
 		labels[k] = v
+	}
+	if tc.Syncer.capture() {
+		labels[labelCapture] = tc.Syncer.Mode
 	}
 
 	// Environment: Nomad's task env, device env, then the config's env.
@@ -268,6 +274,16 @@ func buildContainer(s *settings, cfg *plugin.TaskConfig, tc *TaskConfig, imageRe
 		)
 		if tc.Data != "" {
 			hc.Mounts = append(hc.Mounts, mount.Mount{Type: mount.TypeBind, Source: filepath.Join(cfg.AllocDir, "alloc", "data"), Target: tc.Data})
+		}
+		if tc.Syncer.capture() {
+			// The syncer's FUSE mount onto /alloc/data must reach the
+			// host, and so the app (capturemount.go). Docker mounts it
+			// after /alloc (it sorts mounts by depth).
+			hc.Mounts = append(hc.Mounts, mount.Mount{
+				Type: mount.TypeBind, Source: allocDataDir(cfg.AllocDir), Target: containerAllocDir + "/data",
+				BindOptions: &mount.BindOptions{Propagation: mount.PropagationRShared},
+			})
+			hc.Devices = append(hc.Devices, container.DeviceMapping{PathOnHost: fuseDevice, PathInContainer: fuseDevice, CgroupPermissions: "rwm"})
 		}
 		for i, m := range tc.Mounts {
 			mm, err := configMount(s, taskDir, m)

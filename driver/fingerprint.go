@@ -64,6 +64,9 @@ func (d *Driver) fingerprint(ctx context.Context) *plugin.Fingerprint {
 	attrs := map[string]plugin.Attribute{
 		"driver.bedrock":         plugin.BoolAttr(true),
 		"driver.bedrock.version": plugin.StringAttr(Version),
+		// Whether syncer.mode "async" and "sync" can run here (a job
+		// may constrain on it).
+		"driver.bedrock.fuse": plugin.BoolAttr(fuseAvailable()),
 	}
 	unhealthy := func(desc string, err error) *plugin.Fingerprint {
 		d.logger.Debug("docker engine check failed", "endpoint", s.endpoint, "error", err)

@@ -56,6 +56,9 @@ type driverState struct {
 	// Syncer marks the syncer task: when its container dies, the driver
 	// stops the gated apps and releases the lock it held (fence.go).
 	Syncer bool `json:"syncer,omitempty"`
+	// Capture marks a syncer in a capture mode: destroying it unmounts
+	// what is stacked on the allocation's data dir (capturemount.go).
+	Capture bool `json:"capture,omitempty"`
 	// running is set by RecoverTask for a gated container found running.
 	running bool
 }

@@ -186,6 +186,10 @@ func (r *reconciler) pass(ctx context.Context, grace time.Duration) error {
 		if err := cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !cerrdefs.IsNotFound(err) {
 			r.d.logger.Warn("removing dangling container failed", "container", shortID(c.ID), "error", err)
 			next[c.ID] = true
+			continue
+		}
+		if dir := captureAllocDir(c); dir != "" {
+			r.d.releaseCapture(dir)
 		}
 	}
 	r.mu.Lock()
@@ -219,5 +223,6 @@ func (d *Driver) stateFromLabels(ctx context.Context, cfg *plugin.TaskConfig) (*
 		StartedAt: time.Unix(c.Created, 0), TaskName: cfg.Name, AllocID: cfg.AllocID, AllocDir: cfg.AllocDir,
 		StdoutPath: cfg.StdoutPath, StderrPath: cfg.StderrPath,
 		LoggerState: loggerStatePath(cfg.AllocDir, cfg.Name, c.ID),
+		Capture:     c.Labels[labelCapture] != "",
 	}, nil
 }

@@ -33,7 +33,9 @@ import (
 // applied. It uses host networking (its sync port is a Nomad host port and
 // it talks to the node's Consul agent on loopback) and sees the allocation
 // dir at /alloc like any task: the replicated data at /alloc/data and the
-// role socket in /alloc/tmp.
+// role socket in /alloc/tmp. In a capture mode (syncer.mode "async" or
+// "sync") the data lives in its /local/data instead and /alloc/data is
+// where it mounts the capture file system as master (capturemount.go).
 
 // syncerSecretEnv is where a job may put the replication secret in the
 // task's environment (e.g. a template from a Nomad variable), as an
@@ -140,11 +142,50 @@ func (d *Driver) syncerContainer(ctx context.Context, cfg *plugin.TaskConfig, tc
 	if len(secret) < 16 {
 		return nil, plugin.NewFatalError(fmt.Errorf("syncer.secret: the replication secret must be at least 16 bytes (set syncer.secret, or %s in the task environment from a Nomad variable)", syncerSecretEnv))
 	}
+	if sc.capture() && !fuseAvailable() {
+		return nil, errNoFUSE(sc.Mode)
+	}
 	ref, err := d.syncerImage(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return syncerTask(d.settings(), cfg, sc, ref, secret, port, metrics)
+	tc, err = syncerTask(d.settings(), cfg, sc, ref, secret, port, metrics)
+	if err != nil {
+		return nil, err
+	}
+	if sc.capture() && d.engineHasAppArmor(ctx) {
+		// AppArmor's docker-default profile denies mount(2) even with
+		// CAP_SYS_ADMIN; seccomp's default profile allows it then.
+		tc.SecurityOpt = append(tc.SecurityOpt, "apparmor=unconfined")
+	}
+	return tc, nil
+}
+
+// engineHasAppArmor tells whether the Docker engine confines containers
+// with AppArmor.
+func (d *Driver) engineHasAppArmor(ctx context.Context) bool {
+	cli, err := d.client()
+	if err != nil {
+		return false
+	}
+	info, err := cli.Info(ctx)
+	if err != nil {
+		d.logger.Warn("docker info failed; assuming no AppArmor", "error", err)
+		return false
+	}
+	return hasAppArmor(info.SecurityOptions)
+}
+
+// hasAppArmor reads Docker's SecurityOptions ("name=apparmor", ...).
+func hasAppArmor(opts []string) bool {
+	for _, o := range opts {
+		for _, kv := range strings.Split(o, ",") {
+			if kv == "name=apparmor" || kv == "apparmor" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // syncerTask is the container task of a syncer: its command line, and its
@@ -195,12 +236,18 @@ func syncerTask(s *settings, cfg *plugin.TaskConfig, sc *SyncerConfig, ref, secr
 		}
 	}
 	cfg.Env = env
-	return &TaskConfig{
+	tc := &TaskConfig{
 		Image:       ref,
 		Args:        args,
 		NetworkMode: "host",
 		Syncer:      sc,
-	}, nil
+	}
+	if sc.capture() {
+		// mount(2) of the FUSE file system; buildContainer adds the
+		// device and the rshared bind of the data dir.
+		tc.CapAdd = []string{"SYS_ADMIN"}
+	}
+	return tc, nil
 }
 
 // The syncer's secret files, in its secrets dir.
@@ -278,18 +325,29 @@ func syncerArgs(s *settings, cfg *plugin.TaskConfig, sc *SyncerConfig, port plug
 	if ns == "" {
 		ns = "default"
 	}
-	args := []string{"syncer",
-		"-data", "/alloc/data",
+	args := []string{"syncer"}
+	if sc.capture() {
+		// The data lives in the task's own local dir; the app's data dir
+		// is where the syncer mounts the capture file system as master
+		// (capturemount.go).
+		args = append(args,
+			"-data", containerLocalDir+"/"+captureBackingDir,
+			"-capture-mount", containerAllocDir+"/data",
+			"-mode", sc.Mode)
+	} else {
+		args = append(args, "-data", containerAllocDir+"/data")
+	}
+	args = append(args,
 		"-listen", fmt.Sprintf("%s:%d", hostIP, port.Value),
 		"-advertise", fmt.Sprintf("%s:%d", hostIP, port.Value),
 		"-id", cfg.AllocID,
 		"-node", cfg.NodeName,
 		"-consul", s.consul.Address,
 		"-namespace", ns, "-job", cfg.JobID, "-group", cfg.Group,
-		"-announce", "/alloc/tmp/" + announce.SocketName,
-		"-session-file", "/alloc/tmp/" + lease.SessionFileName,
+		"-announce", "/alloc/tmp/"+announce.SocketName,
+		"-session-file", "/alloc/tmp/"+lease.SessionFileName,
 		"-service", service,
-	}
+	)
 	if metrics != nil {
 		args = append(args, "-metrics", fmt.Sprintf("%s:%d", hostIP, metrics.Value))
 	}

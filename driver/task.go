@@ -10,6 +10,7 @@ import (
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
+	"golang.org/x/sys/unix"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin"
 )
@@ -59,6 +60,24 @@ func (d *Driver) StartTask(ctx context.Context, cfg *plugin.TaskConfig) (*plugin
 	if err := d.removeStale(ctx, spec.name); err != nil {
 		return nil, nil, plugin.NewRecoverableError(err)
 	}
+	capture := kind == kindSyncer && tc.Syncer.capture()
+	if capture {
+		// After removeStale: an earlier attempt's syncer has exited, so a
+		// FUSE mount it left is dead and can be detached.
+		if err := prepareCaptureMount(cfg.AllocDir, cfg.Name); err != nil {
+			err = fmt.Errorf("syncer.mode %q: preparing the data dir's mount point: %w", tc.Syncer.Mode, err)
+			if errors.Is(err, unix.EPERM) {
+				return nil, nil, plugin.NewFatalError(fmt.Errorf("%w (the plugin must run as root for a capture mode)", err))
+			}
+			return nil, nil, plugin.NewRecoverableError(err)
+		}
+	}
+	started := false
+	defer func() {
+		if capture && !started {
+			d.releaseCapture(cfg.AllocDir)
+		}
+	}()
 	created, err := cli.ContainerCreate(ctx, spec.config, spec.host, spec.network, nil, spec.name)
 	if err != nil {
 		if cerrdefs.IsInvalidArgument(err) {
@@ -97,6 +116,7 @@ func (d *Driver) StartTask(ctx context.Context, cfg *plugin.TaskConfig) (*plugin
 	// (gate.go); otherwise it starts now.
 	st.Gated = kind != kindSyncer && isGated(cfg.AllocDir)
 	st.Syncer = kind == kindSyncer
+	st.Capture = capture
 	if !st.Gated {
 		if err := cli.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
 			cleanup()
@@ -131,6 +151,7 @@ func (d *Driver) StartTask(ctx context.Context, cfg *plugin.TaskConfig) (*plugin
 		return nil, nil, err
 	}
 	h := newTaskHandle(d, cfg.ID, st, lp) //nolint:contextcheck // the task outlives this RPC: it hangs off the plugin's context
+	started = true
 	d.storeHandle(h)
 	d.images.acquire(ref)
 	d.reconcile.sawNode(nodeLabel(cfg))
@@ -274,6 +295,9 @@ func (d *Driver) DestroyTask(ctx context.Context, taskID string, force bool) err
 		if err := h.kill(ctx, killRequest{}); err != nil {
 			return plugin.NewRecoverableError(fmt.Errorf("killing container %s: %w", shortID(h.containerID), err))
 		}
+	}
+	if h.state.Capture {
+		d.releaseCapture(h.state.AllocDir)
 	}
 	h.logger.stop(2 * time.Second)
 	h.cancel()

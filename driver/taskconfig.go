@@ -88,6 +88,34 @@ type SyncerConfig struct {
 	// TTLs below their session_ttl_min (10s unless lowered).
 	SessionTTL string `msgpack:"session_ttl"`
 	LockDelay  string `msgpack:"lock_delay"`
+	// Mode is how the syncer learns the app's writes: "watch" (default)
+	// watches the data directory; "async" and "sync" capture every write
+	// through a FUSE mount at the data path (capturemount.go), "sync"
+	// also holding the app's fsync until clones have the data.
+	Mode string `msgpack:"mode"`
+}
+
+// The syncer's modes (syncer.mode).
+const (
+	syncerModeWatch = "watch"
+	syncerModeAsync = "async"
+	syncerModeSync  = "sync"
+)
+
+// capture tells whether the syncer serves the app's data path through its
+// FUSE capture mount.
+func (c *SyncerConfig) capture() bool {
+	return c != nil && (c.Mode == syncerModeAsync || c.Mode == syncerModeSync)
+}
+
+// validateMode checks syncer.mode.
+func (c *SyncerConfig) validateMode() error {
+	switch c.Mode {
+	case "", syncerModeWatch, syncerModeAsync, syncerModeSync:
+		return nil
+	}
+	return fieldError("syncer.mode", "%q is not one of %q (default: replicate the data directory as a file watcher sees it), %q or %q (capture every write through a FUSE mount; %q also makes the app's fsync wait for the clones)",
+		c.Mode, syncerModeWatch, syncerModeAsync, syncerModeSync, syncerModeSync)
 }
 
 // Kinds of task the schema describes.
@@ -158,6 +186,7 @@ func taskConfigSpec() *hclspec.Spec {
 			"tags":         strs("tags"),
 			"session_ttl":  str("session_ttl"),
 			"lock_delay":   str("lock_delay"),
+			"mode":         str("mode"),
 		})),
 	})
 }
@@ -184,6 +213,9 @@ func decodeTaskConfig(raw []byte) (*TaskConfig, string, error) {
 			return nil, "", fieldError("syncer.port", "must name a port of the group's network block")
 		}
 		if err := c.Syncer.validateTiming(); err != nil {
+			return nil, "", err
+		}
+		if err := c.Syncer.validateMode(); err != nil {
 			return nil, "", err
 		}
 		return &c, kindSyncer, nil

@@ -36,7 +36,7 @@ type cloneConn struct {
 	// m.mu, written only by the stream goroutine.
 	journal bool
 	// cutAt is when a cut-over may be tried next (stream goroutine only).
-	cutAt time.Time
+	cutAt  time.Time
 	sent   int64
 	files  int64
 	since  time.Time

@@ -71,6 +71,10 @@ type consulCommand struct {
 	syncTLSCert, syncTLSKey, syncTLSCA string
 	syncTLSName                        string
 	metrics, sessionFile, level        string
+	// mode, captureMount, syncAcks and syncTimeout: the replication mode (Config.Mode).
+	mode, captureMount string
+	syncAcks           int
+	syncTimeout        time.Duration
 	ttl, lockDelay                     time.Duration
 
 	// validated
@@ -117,6 +121,10 @@ func (c *consulCommand) parseFlags(args []string, stderr io.Writer) error {
 	fs.DurationVar(&c.lockDelay, "lock-delay", lease.DefaultTiming().LockDelay, "Consul lock-delay: how long a lost lock stays blocked")
 	fs.StringVar(&c.sessionFile, "session-file", "", "where to record the Consul session, so the driver can release the lock if this process dies (optional)")
 	fs.StringVar(&c.level, "log-level", "info", "log level")
+	fs.StringVar(&c.mode, "mode", ModeWatch, "replication mode: watch (a file watcher), async or sync (the app writes through a capture mount at -capture-mount; sync: its fsync waits for -sync-acks clones)")
+	fs.StringVar(&c.captureMount, "capture-mount", "", "in async and sync mode, where the app's data is mounted (the -data directory holds the copy behind it)")
+	fs.IntVar(&c.syncAcks, "sync-acks", 1, "in sync mode, how many clones must hold an fsync before it returns")
+	fs.DurationVar(&c.syncTimeout, "sync-timeout", 10*time.Second, "in sync mode, how long an fsync waits for them before it fails with EIO")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("syncer flags: %w", err)
 	}
@@ -132,6 +140,9 @@ func (c *consulCommand) validate() error {
 		if f.v == "" {
 			return fmt.Errorf("-%s is required with -consul", f.name)
 		}
+	}
+	if err := checkMode(c.mode, c.captureMount, c.data, c.syncAcks); err != nil {
+		return err
 	}
 	if c.advertise == "" {
 		c.advertise = c.listen
@@ -207,6 +218,7 @@ func (c *consulCommand) run(ctx context.Context, stderr io.Writer) int {
 	s, err := New(Config{
 		DataDir: c.data, ListenAddr: c.listen, Secret: []byte(c.secret), ID: c.id, Roles: roles,
 		MetricsAddr: c.metrics, Logger: log, TLS: c.syncTLS,
+		Mode: c.mode, CaptureMount: c.captureMount, SyncAcks: c.syncAcks, SyncTimeout: c.syncTimeout,
 		OnProgress: func(p core.Progress) {
 			ann.Update(func(st *announce.State) {
 				if st.Role != core.RoleClone {
@@ -369,7 +381,8 @@ func (l *localSyncer) Drain(ctx context.Context) error { return l.s.Drain(ctx) }
 
 func (l *localSyncer) Serving(term uint64) bool {
 	st := l.s.Status()
-	return st.Role == core.RoleMaster && st.Term == term
+	// In a capture mode the app may start only on the mount: serving means mounted.
+	return st.Role == core.RoleMaster && st.Term == term && (!l.s.capture() || st.Serving)
 }
 
 // ttlNotice is the task event that says the Consul servers raised the session TTL, what it

@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/capture"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/core"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/replica"
 )
@@ -71,6 +72,46 @@ type Config struct {
 	// (Certificates, RootCAs, ServerName). The secret handshake still runs
 	// inside; TLS adds confidentiality and per-record integrity on the wire.
 	TLS *tls.Config
+	// Mode is the replication mode: ModeWatch (default) replicates DataDir with a file
+	// watcher; ModeAsync and ModeSync serve DataDir to the app through a capture mount at
+	// CaptureMount while master, and replicate its journal (crash-consistent clones, see
+	// replica/journal.go); in ModeSync an fsync through the mount returns only once SyncAcks
+	// clones hold it (or fails with EIO after SyncTimeout).
+	Mode         string
+	CaptureMount string
+	SyncAcks     int
+	SyncTimeout  time.Duration
+}
+
+// The replication modes (Config.Mode, the syncer block's mode).
+const (
+	ModeWatch = "watch"
+	ModeAsync = "async"
+	ModeSync  = "sync"
+)
+
+// checkMode validates a mode and what it needs.
+func checkMode(mode, mount, data string, acks int) error {
+	switch mode {
+	case "", ModeWatch:
+		if mount != "" {
+			return errors.New("-capture-mount is for the async and sync modes only")
+		}
+		return nil
+	case ModeAsync, ModeSync:
+	default:
+		return fmt.Errorf("-mode %q: want watch, async or sync", mode)
+	}
+	if mount == "" {
+		return fmt.Errorf("-mode %s needs -capture-mount (where the app's data is mounted)", mode)
+	}
+	if filepath.Clean(mount) == filepath.Clean(data) {
+		return errors.New("-capture-mount must differ from -data (the copy behind the mount)")
+	}
+	if mode == ModeSync && acks < 1 {
+		return fmt.Errorf("-sync-acks %d: sync mode needs at least 1", acks)
+	}
+	return nil
 }
 
 // Status is a point-in-time view for the driver, the election and humans.
@@ -119,7 +160,12 @@ type Syncer struct {
 	master *replica.Master
 	clone  *replica.Clone
 	failed chan error // see fail
+	// mounted is the capture mount while this master serves it (capture modes).
+	mounted *capture.Server
 }
+
+// capture tells whether the syncer runs in a capture mode.
+func (s *Syncer) capture() bool { return s.cfg.Mode == ModeAsync || s.cfg.Mode == ModeSync }
 
 // New validates cfg and opens the data directory.
 func New(cfg Config) (*Syncer, error) {
@@ -131,6 +177,9 @@ func New(cfg Config) (*Syncer, error) {
 	}
 	if cfg.Roles == nil {
 		return nil, errors.New("syncer: no role source")
+	}
+	if err := checkMode(cfg.Mode, cfg.CaptureMount, cfg.DataDir, cfg.SyncAcks); err != nil {
+		return nil, fmt.Errorf("syncer: %w", err)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
@@ -239,6 +288,11 @@ func (s *Syncer) Status() Status {
 		case <-m.Ready():
 			st.Serving = true
 		default:
+		}
+		if s.capture() {
+			s.mu.Lock()
+			st.Serving = st.Serving && s.mounted != nil
+			s.mu.Unlock()
 		}
 	case c != nil:
 		cs := c.Status()
@@ -356,7 +410,7 @@ func (s *Syncer) runRole(ctx context.Context, r core.Assignment) {
 	c := replica.NewClone(replica.CloneConfig{
 		Root: s.root, MasterAddr: r.MasterAddr, Secret: s.cfg.Secret, ID: s.cfg.ID,
 		Logger: s.log.Named("clone"), Metrics: s.metrics, State: s.state, Owners: os.Geteuid() == 0,
-		OnProgress: s.cfg.OnProgress, Dial: s.dialer(), Base: r.Base,
+		OnProgress: s.cfg.OnProgress, Dial: s.dialer(), Base: r.Base, Capture: s.capture(),
 	})
 	s.mu.Lock()
 	s.clone = c
@@ -416,7 +470,7 @@ func (s *Syncer) runMaster(ctx context.Context, r core.Assignment) {
 	m := replica.NewMaster(replica.MasterConfig{
 		Dir: s.cfg.DataDir, Root: s.root, Term: r.Term, Listener: ln, Relisten: listen, Secret: s.cfg.Secret,
 		Logger: s.log.Named("master"), Metrics: s.metrics, Owners: os.Geteuid() == 0,
-		RescanInterval: s.cfg.RescanInterval,
+		RescanInterval: s.cfg.RescanInterval, Capture: s.capture(), SyncAcks: s.syncAcks(), SyncTimeout: s.cfg.SyncTimeout,
 		OnFenced: func(term uint64) {
 			_ = s.state.Update(func(st *replica.State) { st.Term = max(st.Term, term) })
 			s.mu.Lock()
@@ -435,7 +489,19 @@ func (s *Syncer) runMaster(ctx context.Context, r core.Assignment) {
 		defer close(recorded)
 		s.recordHead(rctx, m)
 	}()
+	mctx, stopMount := context.WithCancel(ctx)
+	mountDone := make(chan struct{})
+	if s.capture() {
+		go func() {
+			defer close(mountDone)
+			s.serveMount(mctx, m)
+		}()
+	} else {
+		close(mountDone)
+	}
 	err = m.Run(ctx)
+	stopMount()
+	<-mountDone
 	stopRecord()
 	<-recorded
 	pos := m.Position()

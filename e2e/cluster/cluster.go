@@ -71,7 +71,13 @@ type Options struct {
 	Count int
 	// JobspecHCL, under Nomad, is the job to submit instead of the built-in writer.
 	JobspecHCL string
+	// Mode is the syncer block's mode: "" (watch), "async" or "sync" (the app writes through
+	// the capture mount; each instance's copy is then the syncer's local/data).
+	Mode string
 }
+
+// capture tells whether the group runs in a capture mode.
+func (o Options) capture() bool { return o.Mode == "async" || o.Mode == "sync" }
 
 // Cluster is a running group; see Start.
 type Cluster struct {
@@ -475,6 +481,9 @@ func (a *Alloc) startSyncer(ctx context.Context) error {
 	if c.Opts.LockDelay != "" {
 		extra += fmt.Sprintf("\n  lock_delay = %q", c.Opts.LockDelay)
 	}
+	if c.Opts.Mode != "" {
+		extra += fmt.Sprintf("\n  mode = %q", c.Opts.Mode)
+	}
 	cfg := fmt.Sprintf("syncer {\n  port = \"sync\"\n  secret = %q\n  tags = [\"traefik.enable=true\"]%s\n}\n", c.secret, extra)
 	if js := c.Opts.Jobspec; js != nil {
 		cfg = js.SyncerConfig
@@ -660,7 +669,15 @@ func (a *Alloc) ContainerOf(ctx context.Context, task string) (string, error) {
 }
 
 // DataFile is the path of a file in the allocation's replicated data dir.
-func (a *Alloc) DataFile(name string) string { return filepath.Join(a.Dir, "alloc", "data", name) }
+//
+// In a capture mode that is the syncer's copy behind the mount (what a clone holds, and what
+// the master's mount serves).
+func (a *Alloc) DataFile(name string) string {
+	if a.Node.C.Opts.capture() {
+		return filepath.Join(a.Dir, "syncer", "local", "data", name)
+	}
+	return filepath.Join(a.Dir, "alloc", "data", name)
+}
 
 // WitnessFile is the app's record of every write, outside the data dir.
 func (a *Alloc) WitnessFile() string { return filepath.Join(a.Dir, "app", "local", "witness.log") }

@@ -25,27 +25,27 @@ import (
 //   - <allocdir>/<syncer task>/local/data, the "backing" directory, holds
 //     the data. The syncer container sees it at /local/data; no other task
 //     binds it, so the app never writes to it behind the syncer's back.
-//   - <allocdir>/alloc/data, the directory the app binds at its `data`
-//     path as in the watch mode, is the mount point: the syncer mounts the
+//   - <allocdir>/alloc/bedrock-live, which the app binds at its `data`
+//     path instead of alloc/data (see captureDirName), is the mount point: the syncer mounts the
 //     capture file system onto it when it becomes master (and only then:
 //     on a clone nothing is mounted there, and the app does not run).
 //
-// The syncer makes the mount inside its own container, onto /alloc/data.
+// The syncer makes the mount inside its own container, onto /alloc/bedrock-live.
 // For the app container to see it, the mount must propagate out of the
 // syncer's mount namespace to the host's path: the syncer container binds
-// <allocdir>/alloc/data at /alloc/data with rshared propagation. Docker
+// <allocdir>/alloc/bedrock-live at /alloc/bedrock-live with rshared propagation. Docker
 // refuses an rshared bind whose source is not on a shared mount, and a
 // node's root file system is often private (it is shared only where
 // systemd made it so). So before it creates the syncer container the
 // plugin, which runs as root in the node's mount namespace, turns
-// <allocdir>/alloc/data into a shared mount point of its own: a bind mount
+// <allocdir>/alloc/bedrock-live into a shared mount point of its own: a bind mount
 // of the directory onto itself, made shared. The app container binds the
 // same host path; Docker resolves that bind when the container starts,
 // which the gate allows only after the syncer announced master, i.e. after
 // the FUSE mount is in place, so the app sees the capture file system.
 //
 // When the syncer task is destroyed, the plugin unmounts what is stacked
-// on <allocdir>/alloc/data (a dead FUSE mount, then its own shared bind),
+// on <allocdir>/alloc/bedrock-live (a dead FUSE mount, then its own shared bind),
 // so Nomad's garbage collection can remove the allocation directory.
 
 // fuseDevice is the FUSE device the syncer container needs in a capture
@@ -69,8 +69,28 @@ func errNoFUSE(mode string) error {
 		mode, fuseDevice, syncerModeWatch)
 }
 
-// allocDataDir is the allocation's shared data directory on the host.
+// captureDirName is the capture mount point, a directory of the
+// allocation's shared dir. Not alloc/data itself: Nomad chmods alloc/data
+// when it restores an allocation, before any plugin may act, and a mount
+// left dead by a syncer killed with its node (the containers gone, the
+// host up) would make that fail with ENOTCONN and the allocation with it.
+// Nomad never touches other names there.
+const captureDirName = "bedrock-live"
+
+// allocDataDir is the capture mount point on the host. The app task binds
+// it at its data path instead of alloc/data when it exists (appDataSource).
 func allocDataDir(allocDir string) string {
+	return filepath.Join(allocDir, "alloc", captureDirName)
+}
+
+// appDataSource is what an app task binds at its data path: the capture
+// mount point when the allocation's syncer runs in a capture mode (its
+// StartTask made it, before the app's: the syncer is a prestart task, as
+// the gate marker already assumes), else alloc/data.
+func appDataSource(allocDir string) string {
+	if fi, err := os.Lstat(allocDataDir(allocDir)); err == nil && fi.IsDir() {
+		return allocDataDir(allocDir)
+	}
 	return filepath.Join(allocDir, "alloc", "data")
 }
 
@@ -93,12 +113,16 @@ func prepareCaptureMount(allocDir, taskName string) error {
 	if err := os.MkdirAll(p, 0o777); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
+	// MkdirAll honours the umask; the mount point must be as open as alloc/data.
+	if err := os.Chmod(p, 0o777); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
 	backing := filepath.Join(allocDir, taskName, "local", captureBackingDir)
 	if _, err := os.Stat(backing); errors.Is(err, fs.ErrNotExist) {
 		// The mount's root shows the backing dir's mode: give it the data
 		// dir's (Nomad makes that one writable by any task user).
 		mode := fs.FileMode(0o777)
-		if fi, err := os.Stat(p); err == nil {
+		if fi, err := os.Stat(filepath.Join(allocDir, "alloc", "data")); err == nil {
 			mode = fi.Mode().Perm()
 		}
 		if err := os.MkdirAll(backing, 0o755); err != nil {
@@ -322,14 +346,50 @@ func captureAllocDir(c container.Summary) string {
 		return ""
 	}
 	for _, m := range c.Mounts {
-		if m.Type != mount.TypeBind || m.Destination != containerAllocDir+"/data" {
+		if m.Type != mount.TypeBind || m.Destination != containerAllocDir+"/"+captureDirName {
 			continue
 		}
 		data := filepath.Clean(m.Source)
-		if filepath.Base(data) != "data" || filepath.Base(filepath.Dir(data)) != "alloc" {
+		if filepath.Base(data) != captureDirName || filepath.Base(filepath.Dir(data)) != "alloc" {
 			return ""
 		}
 		return filepath.Dir(filepath.Dir(data))
 	}
 	return ""
+}
+
+// captureFSType is what the kernel calls a capture mount (go-fuse's
+// "fuse." + the Name the syncer mounts with).
+const captureFSType = "fuse.bedrock"
+
+// reapDeadCaptureMounts detaches every capture mount on the node whose
+// server died with its syncer container (a whole-node crash of the
+// containers, dockerd restarting without live-restore). Left in place, such
+// a mount answers ENOTCONN to everything, and Nomad's own allocation
+// set-up (which chmods alloc/data when it restores the allocation) fails
+// before any task of ours could clean it: so the plugin does it when it
+// starts, before Nomad restores allocations, and then on the reaper's
+// period.
+func (d *Driver) reapDeadCaptureMounts() {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	var points []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		if m, ok := parseMountInfo(sc.Text()); ok && m.fsType == captureFSType {
+			points = append(points, m.point)
+		}
+	}
+	_ = f.Close()
+	for _, p := range points {
+		n, err := detachDeadMounts(p)
+		if err != nil {
+			d.logger.Warn("a dead capture mount could not be detached", "path", p, "error", err)
+		} else if n > 0 {
+			d.logger.Info("detached the capture mount of a syncer that died", "path", p)
+		}
+	}
 }

@@ -93,7 +93,7 @@ func TestCaptureContainerSpec(t *testing.T) {
 			t.Fatal(err)
 		}
 		args := spec.config.Cmd
-		for flag, want := range map[string]string{"-data": "/local/data", "-capture-mount": "/alloc/data", "-mode": mode} {
+		for flag, want := range map[string]string{"-data": "/local/data", "-capture-mount": "/alloc/bedrock-live", "-mode": mode} {
 			if got, ok := argAfter(args, flag); !ok || got != want {
 				t.Errorf("%s: %s = %q, want %q: %v", mode, flag, got, want, args)
 			}
@@ -108,9 +108,9 @@ func TestCaptureContainerSpec(t *testing.T) {
 		var shared, alloc int
 		for _, m := range spec.host.Mounts {
 			switch m.Target {
-			case "/alloc/data":
+			case "/alloc/bedrock-live":
 				shared++
-				if m.Type != mount.TypeBind || m.Source != filepath.Join(cfg.AllocDir, "alloc", "data") ||
+				if m.Type != mount.TypeBind || m.Source != filepath.Join(cfg.AllocDir, "alloc", "bedrock-live") ||
 					m.BindOptions == nil || m.BindOptions.Propagation != mount.PropagationRShared || m.ReadOnly {
 					t.Errorf("%s: the data dir bind: %+v %+v", mode, m, m.BindOptions)
 				}
@@ -123,7 +123,7 @@ func TestCaptureContainerSpec(t *testing.T) {
 			}
 		}
 		if shared != 1 || alloc != 1 {
-			t.Errorf("%s: %d binds at /alloc/data and %d at /alloc: %+v", mode, shared, alloc, spec.host.Mounts)
+			t.Errorf("%s: %d binds at /alloc/bedrock-live and %d at /alloc: %+v", mode, shared, alloc, spec.host.Mounts)
 		}
 		if spec.config.Labels[labelCapture] != mode {
 			t.Errorf("%s: labels %v", mode, spec.config.Labels)
@@ -210,7 +210,7 @@ func TestCaptureAllocDir(t *testing.T) {
 		Labels: map[string]string{labelCapture: "async"},
 		Mounts: []container.MountPoint{
 			{Type: mount.TypeBind, Source: "/n/alloc/x/alloc", Destination: "/alloc"},
-			{Type: mount.TypeBind, Source: "/n/alloc/x/alloc/data", Destination: "/alloc/data", Propagation: mount.PropagationRShared},
+			{Type: mount.TypeBind, Source: "/n/alloc/x/alloc/bedrock-live", Destination: "/alloc/bedrock-live", Propagation: mount.PropagationRShared},
 		},
 	}
 	if got := captureAllocDir(c); got != "/n/alloc/x" {
@@ -265,7 +265,7 @@ func deadFUSEMount(t *testing.T, p string) {
 func TestCaptureMountHostSide(t *testing.T) {
 	requireRoot(t)
 	alloc := t.TempDir()
-	data := filepath.Join(alloc, "alloc", "data")
+	data := allocDataDir(alloc)
 	t.Cleanup(func() { _, _ = unmountAll(data) })
 	if err := os.MkdirAll(data, 0o777); err != nil {
 		t.Fatal(err)
@@ -382,7 +382,7 @@ func TestCaptureMountPropagates(t *testing.T) {
 
 	// The "syncer": the driver's spec, another command.
 	spec.config.Entrypoint = nil
-	spec.config.Cmd = []string{"sh", "-c", "mount -t tmpfs tmpfs /alloc/data && echo hi > /alloc/data/x && exec sleep 300"}
+	spec.config.Cmd = []string{"sh", "-c", "mount -t tmpfs tmpfs /alloc/bedrock-live && echo hi > /alloc/bedrock-live/x && exec sleep 300"}
 	syncerID := run("syncer", spec.config, spec.host)
 	var got []byte
 	testutil.WaitFor(t, 20*time.Second, func() bool {

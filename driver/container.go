@@ -273,14 +273,14 @@ func buildContainer(s *settings, cfg *plugin.TaskConfig, tc *TaskConfig, imageRe
 			mount.Mount{Type: mount.TypeBind, Source: filepath.Join(taskDir, "secrets"), Target: containerSecretsDir},
 		)
 		if tc.Data != "" {
-			hc.Mounts = append(hc.Mounts, mount.Mount{Type: mount.TypeBind, Source: filepath.Join(cfg.AllocDir, "alloc", "data"), Target: tc.Data})
+			hc.Mounts = append(hc.Mounts, mount.Mount{Type: mount.TypeBind, Source: appDataSource(cfg.AllocDir), Target: tc.Data})
 		}
 		if tc.Syncer.capture() {
-			// The syncer's FUSE mount onto /alloc/data must reach the
+			// The syncer's FUSE mount onto /alloc/bedrock-live must reach the
 			// host, and so the app (capturemount.go). Docker mounts it
 			// after /alloc (it sorts mounts by depth).
 			hc.Mounts = append(hc.Mounts, mount.Mount{
-				Type: mount.TypeBind, Source: allocDataDir(cfg.AllocDir), Target: containerAllocDir + "/data",
+				Type: mount.TypeBind, Source: allocDataDir(cfg.AllocDir), Target: containerAllocDir + "/" + captureDirName,
 				BindOptions: &mount.BindOptions{Propagation: mount.PropagationRShared},
 			})
 			hc.Devices = append(hc.Devices, container.DeviceMapping{PathOnHost: fuseDevice, PathInContainer: fuseDevice, CgroupPermissions: "rwm"})

@@ -100,6 +100,9 @@ func (d *Driver) SetConfig(_ context.Context, cfg *plugin.PluginConfig) error {
 		_ = old.Close()
 	}
 	d.logger.Debug("configured", "docker_endpoint", s.endpoint)
+	// Nomad configures its plugins before it restores allocations: dead capture mounts
+	// must be gone by then (capturemount.go).
+	d.reapDeadCaptureMounts()
 	return nil
 }
 

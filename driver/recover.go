@@ -142,6 +142,7 @@ func (r *reconciler) run(ctx context.Context) {
 			return
 		case <-time.After(s.danglingPeriod):
 		}
+		r.d.reapDeadCaptureMounts()
 		if !s.danglingEnabled {
 			continue
 		}

@@ -332,7 +332,7 @@ func syncerArgs(s *settings, cfg *plugin.TaskConfig, sc *SyncerConfig, port plug
 		// (capturemount.go).
 		args = append(args,
 			"-data", containerLocalDir+"/"+captureBackingDir,
-			"-capture-mount", containerAllocDir+"/data",
+			"-capture-mount", containerAllocDir+"/"+captureDirName,
 			"-mode", sc.Mode)
 	} else {
 		args = append(args, "-data", containerAllocDir+"/data")

@@ -75,7 +75,7 @@ type consulCommand struct {
 	mode, captureMount string
 	syncAcks           int
 	syncTimeout        time.Duration
-	ttl, lockDelay                     time.Duration
+	ttl, lockDelay     time.Duration
 
 	// validated
 	secret  string

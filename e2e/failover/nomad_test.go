@@ -170,7 +170,7 @@ func checkCapture(ctx context.Context, t *testing.T, c *cluster.Cluster) {
 	if err != nil || m == nil {
 		t.Fatalf("no master: %v", err)
 	}
-	mnt := filepath.Join(m.Dir, "alloc", "data")
+	mnt := filepath.Join(m.Dir, "alloc", "bedrock-live")
 	info, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		t.Fatal(err)

@@ -247,6 +247,7 @@ func TestSyncModeFsyncWaitsForTheClone(t *testing.T) {
 	}
 	// Held back briefly: the fsync waits, and returns once the clone has it.
 	p.px.stalled.Store(true)
+	time.Sleep(30 * time.Millisecond) // the proxy's read in flight ends within 5 ms
 	if _, err := f.WriteAt([]byte("two"), 0); err != nil {
 		t.Fatal(err)
 	}
@@ -266,6 +267,7 @@ func TestSyncModeFsyncWaitsForTheClone(t *testing.T) {
 	}
 	// Held back past the timeout: the fsync fails.
 	p.px.stalled.Store(true)
+	time.Sleep(30 * time.Millisecond)
 	if _, err := f.WriteAt([]byte("three"), 0); err != nil {
 		t.Fatal(err)
 	}

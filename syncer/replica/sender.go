@@ -358,7 +358,6 @@ func (c *cloneConn) stream(ctx context.Context, next uint64) error {
 	m := c.m
 	hb := time.NewTicker(heartbeatEvery)
 	defer hb.Stop()
-	var skipped uint64 // the last op skipped since the last one sent
 	for {
 		m.mu.Lock()
 		if m.fenced {
@@ -385,18 +384,15 @@ func (c *cloneConn) stream(ctx context.Context, next uint64) error {
 		if o != nil {
 			c.wmu.Lock()
 			var err error
-			if (o.kind == wire.TJournal) != journal {
-				// Not for this clone's stream (see journal.go): skipped, and the position
-				// advanced over it when nothing else follows.
-				skipped = o.seq
-			} else {
-				skipped = 0
+			skip := (o.kind == wire.TJournal) != journal
+			if !skip {
 				err = c.sendOp(o)
 			}
 			if err == nil && next == head {
-				if skipped != 0 {
-					err = c.send(wire.TNop, skipped, nil)
-					skipped = 0
+				// Not for this clone's stream (see journal.go): skipped, and the position
+				// advanced over it once nothing else follows.
+				if skip {
+					err = c.send(wire.TNop, o.seq, nil)
 				}
 				if err == nil {
 					err = c.flush()

@@ -16,46 +16,35 @@
 // journaled, and Options for the mount settings and what they cost
 // (measured by e2e/benchio, `make bench-io`).
 //
-// # Serving the mount in production (not wired yet)
+// # Serving the mount in production
 //
-// The syncer container runs the server with --device /dev/fuse and
-// CAP_SYS_ADMIN (mount(2) directly; no fusermount, no setuid helper). The
-// backing directory is a private directory of the allocation (e.g.
-// alloc/data/.bedrock/backing, excluded from everything the app sees);
-// the mount is made onto the allocation's data path, which the driver
-// bind-mounts with rshared propagation into both containers, so the app
-// container sees an ordinary directory at its `data` path and the
-// syncer's later mount propagates into it. The mount needs AllowOther
-// (the app may run as any uid); permissions are checked by the kernel
-// against the files' modes (default_permissions), as on a plain
-// directory, while the server itself acts as root.
+// In the syncer's async and sync modes (syncer/mount.go, driver/capturemount.go) the
+// syncer container runs the server with --device /dev/fuse and CAP_SYS_ADMIN (mount(2)
+// directly; no fusermount, no setuid helper). The backing directory is the syncer task's
+// own local/data, which no other task binds; the mount point is the allocation's
+// alloc/bedrock-live, a shared mount point on the node that the syncer container binds with
+// rshared propagation, so its mount reaches the node and the app container, which binds it
+// at its data path when it starts (only after the syncer announced master). AllowOther lets
+// an app running as any uid use it; the kernel checks permissions (default_permissions).
 //
-// The mount lives exactly as long as the server process. A restart of the
-// Nomad agent or of the driver plugin does not touch it (the syncer
-// container keeps running, and RecoverTask re-attaches to it). A crash of
-// the syncer ends the FUSE connection: every later access by the app gets
-// ENOTCONN, a write in flight gets an error, nothing is acknowledged that
-// was not journaled. So the app must be stopped before the syncer: the
-// gate already stops the app container when the syncer goes silent or the
-// deadline passes, and a restarted syncer must unmount the dead mount
-// (lazily, MNT_DETACH) and mount again before it announces master, so the
-// app never starts on a dead mount or on the bare backing directory. The
-// server never leaves a mount behind (Server.Unmount detaches a busy one).
+// The mount lives exactly as long as the server process and the mastership. A restart of the
+// Nomad agent or of the driver plugin does not touch it. A crash of the syncer ends the FUSE
+// connection: every later access by the app gets ENOTCONN, nothing is acknowledged that was
+// not journaled, and the gate stops the app; the plugin detaches dead mounts (at its start,
+// before Nomad restores allocations, and periodically) and the next syncer mounts afresh.
 //
-// # Feeding the replication stream (not wired yet)
+// # Feeding the replication stream
 //
-// The journal sequence is the replication position: the master's stream
-// sends ops in sequence order with (term, seq); a clone applies them in
-// order with a Replayer, fsyncs at the markers (and at least before every
-// ack), and acks the highest sequence it has made durable. The journal is
-// bounded in memory by the slowest clone's ack; a clone that falls behind
-// the oldest kept op resyncs through the manifest as today. Two modes:
+// The replica.Master is the Journal (replica/journal.go): its op log sequence is the
+// replication position; a clone cut over to the journal applies the ops in order with a
+// Replayer and acknowledges a position only after a syncfs, so it is durable at every
+// position it reports. Two modes:
 //
 //   - async (default): fsync returns when the master's disk has the data;
 //     clones follow within the replication lag, and a failover loses at
-//     most the unacked tail (the 250 ms target).
-//   - sync: the journal implements Barrier, and an fsync through the mount
-//     returns only after a quorum of clones acked the sequence of its
+//     most the unacked tail.
+//   - sync: the Master is also the Barrier, and an fsync through the mount
+//     returns only after SyncAcks clones acknowledged the sequence of its
 //     marker; a transaction the app saw committed is on a clone.
 //
 // Op.Data is borrowed from the FUSE request buffer: a journal that frames

@@ -73,6 +73,9 @@ type workload struct {
 type target struct {
 	name string
 	opt  *capture.Options // nil: the plain directory
+	// repl: the mount journals into a real replica.Master with one real clone over loopback
+	// (the whole stream: encode, seal, send, apply, syncfs, ack): "async" or "sync".
+	repl string
 }
 
 // allTargets are the configurations -targets can name.
@@ -80,6 +83,8 @@ var allTargets = []target{
 	{name: "plain"},
 	{name: "mount", opt: &capture.Options{}},
 	{name: "mount-old", opt: &capture.Options{Legacy: true}},
+	{name: "async", opt: &capture.Options{}, repl: "async"},
+	{name: "sync", opt: &capture.Options{}, repl: "sync"},
 	{name: "writeback*", opt: &capture.Options{Writeback: true}},
 	{name: "no-perms**", opt: &capture.Options{NoDefaultPermissions: true}},
 	{name: "naive", opt: &capture.Options{Legacy: true, NoCache: true, JournalFlush: true, Xattrs: true, MaxWrite: 128 << 10, NoKeepCache: true}},
@@ -101,7 +106,7 @@ func main() {
 	base := flag.String("dir", os.TempDir(), "directory on the disk to measure (a scratch directory is made inside)")
 	dur := flag.Duration("dur", time.Second, "length of each timed run (bounded at 20s)")
 	rounds := flag.Int("rounds", 5, "interleaved rounds; the table shows medians")
-	targets := flag.String("targets", "plain,mount,mount-old", "targets to measure, comma-separated: plain (always), mount, mount-old, writeback*, no-perms**, naive")
+	targets := flag.String("targets", "plain,mount,async,sync", "targets to measure, comma-separated: plain (always), mount, mount-old, async, sync (a real master and clone over loopback), writeback*, no-perms**, naive")
 	workloads := flag.String("workloads", "", "workloads to run, comma-separated (default: all)")
 	flag.Parse()
 	if *dur > 20*time.Second {
@@ -250,6 +255,14 @@ func run(ctx context.Context, base string, dur time.Duration, rounds int, target
 	if got[workloads[0].name]["mount-old"] != nil {
 		fmt.Printf("bench-io old: %s\n", line("mount-old"))
 	}
+	if got[workloads[0].name]["async"] != nil {
+		fmt.Printf("bench-io async: %s\n", line("async"))
+	}
+	if got[workloads[0].name]["sync"] != nil {
+		rtt50, rtt99 := loopbackRTT(ctx)
+		fmt.Printf("loopback TCP round trip (the floor of a sync fsync): p50 %s, p99 %s\n", rtt50, rtt99)
+		fmt.Printf("bench-io sync: %s\n", line("sync"))
+	}
 	if got[workloads[0].name]["mount"] != nil {
 		fmt.Printf("bench-io: %s\n", line("mount"))
 	}
@@ -273,6 +286,9 @@ func runOne(ctx context.Context, scratch, name string, tg target, w workload, du
 		return result{}, 0, fmt.Errorf("mount point: %w", err)
 	}
 	defer os.Remove(mnt)
+	if tg.repl != "" {
+		return runReplicated(ctx, dir, mnt, tg, w, dur)
+	}
 	var j ackedJournal = &capture.MemJournal{}
 	if tg.opt.Legacy {
 		j = &allocJournal{}

@@ -46,7 +46,7 @@ func runReplicated(ctx context.Context, dir, mnt string, tg target, w workload, 
 	defer cancel()
 	mdone := make(chan error, 1)
 	go func() { mdone <- m.Run(ctx) }()
-	defer func() { cancel(); <-mdone }()
+	defer func() { cancel(); _ = <-mdone }()
 	select {
 	case <-m.Ready():
 	case err := <-mdone:
@@ -65,7 +65,7 @@ func runReplicated(ctx context.Context, dir, mnt string, tg target, w workload, 
 	c := replica.NewClone(replica.CloneConfig{Root: croot, MasterAddr: ln.Addr().String(), Secret: secret, ID: "bench", State: st, Capture: true})
 	cdone := make(chan error, 1)
 	go func() { cdone <- c.Run(ctx) }()
-	defer func() { cancel(); <-cdone }()
+	defer func() { cancel(); _ = <-cdone }()
 	deadline := time.Now().Add(20 * time.Second)
 	for m.JournalClones() < 1 {
 		if time.Now().After(deadline) {

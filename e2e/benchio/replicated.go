@@ -46,7 +46,7 @@ func runReplicated(ctx context.Context, dir, mnt string, tg target, w workload, 
 	defer cancel()
 	mdone := make(chan error, 1)
 	go func() { mdone <- m.Run(ctx) }()
-	defer func() { cancel(); _ = <-mdone }()
+	defer stopAndReport(cancel, "master", mdone)
 	select {
 	case <-m.Ready():
 	case err := <-mdone:
@@ -65,7 +65,7 @@ func runReplicated(ctx context.Context, dir, mnt string, tg target, w workload, 
 	c := replica.NewClone(replica.CloneConfig{Root: croot, MasterAddr: ln.Addr().String(), Secret: secret, ID: "bench", State: st, Capture: true})
 	cdone := make(chan error, 1)
 	go func() { cdone <- c.Run(ctx) }()
-	defer func() { cancel(); _ = <-cdone }()
+	defer stopAndReport(cancel, "clone", cdone)
 	deadline := time.Now().Add(20 * time.Second)
 	for m.JournalClones() < 1 {
 		if time.Now().After(deadline) {
@@ -121,4 +121,12 @@ func loopbackRTT(ctx context.Context) (p50, p99 time.Duration) {
 	}
 	slices.Sort(lat)
 	return lat[len(lat)/2], lat[len(lat)*99/100]
+}
+
+// stopAndReport cancels a run and reports how it ended, unless it ended because it was asked.
+func stopAndReport(cancel context.CancelFunc, what string, done <-chan error) {
+	cancel()
+	if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", what, err)
+	}
 }

@@ -68,7 +68,8 @@ func runRound(ctx context.Context, t *testing.T, c *cluster.Cluster, faults []cl
 			}
 			want = append(want, "Following ")
 			for _, w := range want {
-				if len(c.EventsMatching(w)) == 0 {
+				// Nomad hands task events to its API asynchronously: give them a moment.
+				if !c.WaitEvent(ctx, w, 15*time.Second) {
 					t.Errorf("no task event saying %q", w)
 				}
 			}

@@ -19,17 +19,23 @@
 // fresh directory, and the table reports medians over the rounds, the
 // ratio being the median of each round's mount/plain ratio.
 //
-// Each mount journals into the in-memory journal, data copied, as the
-// real stream's producer will, and a stand-in for the clones' acks drops
-// the journaled ops every few milliseconds (the real journal is bounded
-// by the slowest clone's ack). The targets (-targets): "plain", "mount"
-// (the tuned default), "mount-old" (the configuration before issue 16's
-// tuning, capture.Options.Legacy), and for comparison "writeback" (the
-// kernel's writeback cache, which breaks the ordering guarantee),
-// "no-perms**" (without the kernel's permission checks, unsafe for an app
-// that is not root) and "naive" (go-fuse's loopback defaults).
+// The "mount" target journals into the in-memory journal, data copied, as the real stream's
+// producer does, and a stand-in for the clones' acks drops the journaled ops every few
+// milliseconds. The "async" and "sync" targets are the real thing: the mount's journal is a
+// capture-mode replica.Master with one real clone over loopback (the whole stream: encode,
+// seal, send, apply, syncfs, ack). The clone runs in a process of its own under nice
+// (-clone-nice, default 19) and keeps its copy beside the master's (-clone-dir): it stands for
+// another node, whose CPU the app does not share, so it takes only the CPU the app leaves;
+// in sync mode the app waits for it, and it has the CPU then. -clone-nice 0 shows the cost on
+// one machine shared by both. The targets (-targets): "plain", "mount", "async", "sync",
+// "mount-old" (the configuration before issue 16's tuning, capture.Options.Legacy), and for
+// comparison "writeback" (the kernel's writeback cache, which breaks the ordering guarantee),
+// "no-perms**" (without the kernel's permission checks, unsafe for an app that is not root)
+// and "naive" (go-fuse's loopback defaults).
 //
-// It prints a table and, as its last line (mount/plain, medians):
+// It prints a table, a summary line per replicated target ("bench-io async: ...", "bench-io
+// sync: ...", the sync one after the loopback TCP round trip, the floor under a sync fsync)
+// and, as its last line (mount/plain, medians):
 //
 //	bench-io: rand4k_fsync_ratio=<x> seq1m_ratio=<x> smallfile_ratio=<x> smallfile_fsync_ratio=<x> sqlite_ratio=<x>
 //
@@ -48,6 +54,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -103,12 +110,34 @@ var allWorkloads = []workload{
 }
 
 func main() {
+	if spec := os.Getenv(cloneEnv); spec != "" {
+		os.Exit(cloneMain(spec))
+	}
+	os.Exit(benchMain())
+}
+
+func benchMain() int {
 	base := flag.String("dir", os.TempDir(), "directory on the disk to measure (a scratch directory is made inside)")
 	dur := flag.Duration("dur", time.Second, "length of each timed run (bounded at 20s)")
 	rounds := flag.Int("rounds", 5, "interleaved rounds; the table shows medians")
 	targets := flag.String("targets", "plain,mount,async,sync", "targets to measure, comma-separated: plain (always), mount, mount-old, async, sync (a real master and clone over loopback), writeback*, no-perms**, naive")
 	workloads := flag.String("workloads", "", "workloads to run, comma-separated (default: all)")
+	flag.StringVar(&cloneDir, "clone-dir", "", "where the async and sync targets' clone keeps its copy (default: beside the master's, on the same disk; "+
+		"in a deployment it is another node's disk, whose flushes do not queue behind the app's)")
+	flag.IntVar(&cloneNice, "clone-nice", cloneNice, "nice level of the async and sync targets' clone process (it stands for another node; 0: compete with the app for the CPU)")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (master, mount and clone run in this process) to this file")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "benchio: cpu profile:", err)
+			return 2
+		}
+		defer pprof.StopCPUProfile()
+	}
 	if *dur > 20*time.Second {
 		*dur = 20 * time.Second
 	}
@@ -117,7 +146,7 @@ func main() {
 	tgs, err := pick(allTargets, *targets, func(t target) string { return t.name })
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "benchio:", err)
-		os.Exit(2)
+		return 2
 	}
 	if tgs[0].name != "plain" {
 		tgs = append([]target{allTargets[0]}, tgs...)
@@ -125,12 +154,13 @@ func main() {
 	wls, err := pick(allWorkloads, *workloads, func(w workload) string { return w.name })
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "benchio:", err)
-		os.Exit(2)
+		return 2
 	}
 	if err := run(ctx, *base, *dur, max(*rounds, 1), tgs, wls); err != nil {
 		fmt.Fprintln(os.Stderr, "benchio:", err)
-		os.Exit(1)
+		return 1
 	}
+	return 0
 }
 
 // pick returns the elements of all named in the comma-separated list

@@ -62,7 +62,7 @@ type Options struct {
 	// per node, the job submitted through Nomad's API. Nodes then counts Nomad clients (default
 	// 4: a spare for replacements) and Count the group's instances (default 3).
 	Nomad bool
-	// App is the workload: AppWriter (default) or AppSQLite.
+	// App is the workload: AppWriter (default), AppSQLite or AppLedger.
 	App string
 	// StockConsul runs the Consul server with no extra configuration (its session_ttl_min
 	// stays 10s) instead of session_ttl_min = "1s".
@@ -173,7 +173,7 @@ func Start(ctx context.Context, t testing.TB, opts Options) *Cluster {
 	}
 	if opts.WriteEvery == 0 {
 		opts.WriteEvery = 20 * time.Millisecond
-		if opts.App == AppSQLite {
+		if opts.App == AppSQLite || opts.App == AppLedger {
 			opts.WriteEvery = 5 * time.Millisecond
 		}
 	}

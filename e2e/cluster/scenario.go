@@ -318,8 +318,8 @@ func (c *Cluster) check(ctx context.Context, r *Result, held lineSet, back *Allo
 	}
 	r.SplitBrain = append(r.SplitBrain, c.history.Overlaps()...)
 
-	if c.Opts.App == AppSQLite {
-		st, err := ReadSQLite(ctx, r.New.DataFile(""))
+	if c.Opts.App == AppSQLite || c.Opts.App == AppLedger {
+		st, err := c.readState(ctx, r.New.DataFile(""))
 		switch {
 		case err != nil:
 			r.Integrity = err.Error()

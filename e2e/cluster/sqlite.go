@@ -22,19 +22,30 @@ const (
 	// AppSQLite commits one SQLite transaction after another into app.db (WAL,
 	// synchronous=FULL): an app whose files depend on each other, not tuned for Bedrock.
 	AppSQLite = "sqlite"
+	// AppLedger commits records to a log and an index rewritten in place (e2e/ledger): our own
+	// app with two dependent files, where any state its disk could not have held shows.
+	AppLedger = "ledger"
 )
 
 // dataWrites reads the writes an allocation's data dir holds: the writer's lines, or the
 // committed rows of the SQLite database.
 func (c *Cluster) dataWrites(ctx context.Context, a *Alloc) ([]Write, error) {
-	if c.Opts.App == AppSQLite {
-		db, err := ReadSQLite(ctx, a.DataFile(""))
+	if c.Opts.App == AppSQLite || c.Opts.App == AppLedger {
+		st, err := c.readState(ctx, a.DataFile(""))
 		if err != nil {
 			return nil, err
 		}
-		return db.Rows, nil
+		return st.Rows, nil
 	}
 	return ReadWrites(a.DataFile("writes.log"))
+}
+
+// readState reads the transactional apps' data: SQLite's database or the ledger.
+func (c *Cluster) readState(ctx context.Context, dir string) (*SQLiteState, error) {
+	if c.Opts.App == AppLedger {
+		return ReadLedger(dir)
+	}
+	return ReadSQLite(ctx, dir)
 }
 
 func must(ws []Write, _ error) []Write { return ws }
@@ -42,7 +53,7 @@ func must(ws []Write, _ error) []Write { return ws }
 // appExtraArgs are the workload's own arguments (HCL list items, each with a leading comma):
 // the writer serves its last write over HTTP on addr.
 func (c *Cluster) appExtraArgs(addr string) string {
-	if c.Opts.App == AppSQLite {
+	if c.Opts.App == AppSQLite || c.Opts.App == AppLedger {
 		return ""
 	}
 	return fmt.Sprintf(", \"-addr\", %q", addr)
@@ -50,13 +61,16 @@ func (c *Cluster) appExtraArgs(addr string) string {
 
 // lostFound returns the writes kept under an allocation's lost+found.
 func (c *Cluster) lostFound(ctx context.Context, a *Alloc) lineSet {
-	if c.Opts.App == AppSQLite {
+	switch c.Opts.App {
+	case AppSQLite:
 		return lostFoundSQLite(ctx, a.DataFile(""))
+	case AppLedger:
+		return lostFoundLedger(a.DataFile(""))
 	}
 	return lostFoundWrites(a.DataFile(""))
 }
 
-// SQLiteState is what a data dir's copy of the test app's database holds.
+// SQLiteState is what a data dir's copy of the test app's database (or ledger) holds.
 type SQLiteState struct {
 	// Rows are the committed transactions, as writes keyed like the app's witness lines.
 	Rows []Write

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -95,27 +96,42 @@ func TestSQLiteUnderNomad(t *testing.T) {
 	sqliteRun(t, cluster.Options{Nomad: true, App: cluster.AppSQLite, Job: "sqlite"}, *sqliteFaults)
 }
 
-// captureFaults and captureMode drive TestCaptureUnderNomad (the long run: -capture-faults 60,
-// and -capture-mode sync).
-var (
-	captureFaults = flag.Int("capture-faults", 7, "consecutive faults of the capture-mode SQLite run")
-	captureMode   = flag.String("capture-mode", "async", "the syncer mode of the capture-mode SQLite run: async or sync")
-)
+// captureRuns drives TestCaptureUnderNomad: app:mode:faults runs, one cluster each (the long
+// runs: -capture sqlite:async:60,sqlite:sync:60,ledger:async:60,ledger:sync:60).
+var captureRuns = flag.String("capture", "sqlite:async:7,ledger:sync:5",
+	"capture-mode runs, comma-separated app:mode:faults (app sqlite or ledger, mode async or sync; watch runs the same checks on the watcher's stream, as a control)")
 
-// TestCaptureUnderNomad is the SQLite run with the app writing through the capture mount
-// (issue 16): the clones follow the master's journal, so whatever the fault, the new master's
-// database is one the old master's disk really held (integrity_check ok, no gap); in sync
-// mode no committed transaction (its fsync returned) is lost, in async mode the loss inside
-// the last AckWindow is reported.
+// TestCaptureUnderNomad runs the transactional apps with their writes going through the capture
+// mount (issue 16): SQLite (database + WAL) and our ledger (a log + an index that must agree).
+// The clones follow the master's journal, so whatever the fault, the new master's files are a
+// state the old master's disk really held (integrity ok, no gap); in sync mode no committed
+// transaction (its fsync returned) is lost, in async mode the loss inside the last AckWindow
+// is reported.
 func TestCaptureUnderNomad(t *testing.T) {
-	mode := *captureMode
-	window := sqliteRun(t, cluster.Options{Nomad: true, App: cluster.AppSQLite, Job: "capture", Mode: mode}, *captureFaults)
-	if mode == "sync" {
-		for i, n := range window {
-			if n > 0 {
-				t.Errorf("fault %d: %d committed transactions lost in sync mode", i+1, n)
-			}
+	for _, spec := range strings.Split(*captureRuns, ",") {
+		f := strings.Split(spec, ":")
+		if len(f) != 3 || (f[0] != cluster.AppSQLite && f[0] != cluster.AppLedger) || (f[1] != "async" && f[1] != "sync" && f[1] != "watch") {
+			t.Fatalf("-capture %q: want app:mode:faults, app sqlite or ledger, mode async, sync or watch (the control)", spec)
 		}
+		n, err := strconv.Atoi(f[2])
+		if err != nil || n < 1 {
+			t.Fatalf("-capture %q: faults must be a positive number", spec)
+		}
+		app, mode := f[0], f[1]
+		t.Run(app+"-"+mode, func(t *testing.T) {
+			opts := cluster.Options{Nomad: true, App: app, Job: "capture-" + app, Mode: mode}
+			if mode == "watch" {
+				opts.Mode = "" // the watcher's stream: the control run, which may fail
+			}
+			window := sqliteRun(t, opts, n)
+			if mode == "sync" {
+				for i, n := range window {
+					if n > 0 {
+						t.Errorf("fault %d: %d committed transactions lost in sync mode", i+1, n)
+					}
+				}
+			}
+		})
 	}
 }
 

@@ -44,6 +44,7 @@ var commands = map[string]func(args []string) int{
 	"sleep":  sleep,
 	"writer": writer,
 	"sqlite": sqliteWriter,
+	"ledger": ledgerWriter,
 	"env":    func([]string) int { return printEnv() },
 	"exit":   exitWith,
 	"spawn":  spawn,
@@ -73,6 +74,8 @@ func usage() {
   serve [-addr :8080] [-data /data]   HTTP: / ok, /write?name=&content=, /read?name=, /env
   sleep DURATION                      sleep, then exit 0
   writer -consul ADDR -key K -id ID   append term-stamped lines to /data/writes.log and /local/witness.log
+  sqlite -consul ADDR -key K -id ID   commit SQLite transactions into /data/app.db, each acknowledged one in /local/witness.log
+  ledger -consul ADDR -key K -id ID   commit records to /data/ledger.log and its index ledger.idx, each acknowledged one in /local/witness.log
   env                                 print the environment, sorted
   exit N                              exit with code N
   spawn N                             start N sleeping children, print their pids, wait

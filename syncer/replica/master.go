@@ -94,6 +94,9 @@ type Master struct {
 	logBytes int64
 	// markReq registers a waiter for the watcher's marker event (watcherCaughtUp).
 	markReq chan chan struct{}
+	// watchKick wakes the watch loop when a clone connects, so changes it deferred while
+	// every clone followed the journal reach the newcomer's stream (watcherIdle).
+	watchKick chan struct{}
 	// unreplicableCount and unreplicableNames are what Unreplicable reports.
 	unreplicableCount int
 	unreplicableNames []string
@@ -123,7 +126,7 @@ func NewMaster(cfg MasterConfig) *Master {
 		cfg: cfg, log: cfg.Logger, open: tree.NewOpener(cfg.Root), session: randomSession(), buf: make([]byte, 256*tree.BlockSize),
 		stop: make(chan struct{}), flushReq: make(chan chan struct{}), cache: make(map[string]*tree.Entry), first: 1, watched: make(map[string]bool),
 		notify: make(chan struct{}), ready: make(chan struct{}), clones: make(map[*cloneConn]struct{}),
-		ackWake: make(chan struct{}), markReq: make(chan chan struct{}),
+		ackWake: make(chan struct{}), markReq: make(chan chan struct{}), watchKick: make(chan struct{}, 1),
 	}
 }
 

@@ -140,6 +140,7 @@ func (m *Master) serve(ctx context.Context, conn net.Conn, release func()) {
 	}
 	m.clones[c] = struct{}{}
 	m.mu.Unlock()
+	m.kickWatcher()
 	defer func() {
 		m.mu.Lock()
 		delete(m.clones, c)

@@ -71,6 +71,9 @@ func (m *Master) watchLoop(ctx context.Context) error {
 		}
 		dirty[rel] = struct{}{}
 	}
+	// deferred says changes are waiting in dirty because no clone needed them (watcherIdle);
+	// rescanDue that an overflow or a rescan was skipped meanwhile.
+	deferred, rescanDue := false, false
 	for {
 		var flushed chan struct{}
 		select {
@@ -81,6 +84,10 @@ func (m *Master) watchLoop(ctx context.Context) error {
 		case mw := <-m.markReq:
 			markWaiters = append(markWaiters, mw)
 			continue
+		case <-m.watchKick:
+			if !deferred && !rescanDue {
+				continue
+			}
 		case flushed = <-m.flushReq:
 			// The kernel queued the events of every write made before the request; give
 			// the watcher's reader a moment to hand them over, then cut them below.
@@ -101,10 +108,17 @@ func (m *Master) watchLoop(ctx context.Context) error {
 				m.log.Warn("watch error, rescanning", "error", err)
 			}
 			clear(dirty)
+			if m.watcherIdle() {
+				rescanDue = true
+				continue
+			}
 			m.fullRescan(ctx)
 			m.fixRenamedWatches(ctx)
 			continue
 		case <-rescan.C:
+			if m.watcherIdle() {
+				continue // the journal carries every change; nobody needs the net
+			}
 			m.fullRescan(ctx)
 			m.fixRenamedWatches(ctx)
 			continue
@@ -119,8 +133,22 @@ func (m *Master) watchLoop(ctx context.Context) error {
 				break drain
 			}
 		}
+		if flushed == nil && !marked && m.watcherIdle() {
+			deferred = len(dirty) > 0
+			if len(dirty) > maxDeferred {
+				clear(dirty)
+				rescanDue = true
+			}
+			continue
+		}
+		if rescanDue {
+			clear(dirty)
+			m.fullRescan(ctx)
+			rescanDue = false
+		}
 		m.processDirty(ctx, dirty)
 		clear(dirty)
+		deferred = false
 		m.fixRenamedWatches(ctx)
 		if flushed != nil {
 			close(flushed)
@@ -131,6 +159,39 @@ func (m *Master) watchLoop(ctx context.Context) error {
 			}
 			markWaiters, marked = nil, false
 		}
+	}
+}
+
+// maxDeferred bounds the paths the watch loop keeps while it is idle; past it, a full rescan
+// replaces them when a clone needs the watcher's stream again.
+const maxDeferred = 100000
+
+// watcherIdle says whether the watcher's stream can wait: in a capture mode every change
+// reaches the clones on the journal, and the watcher's operations (which re-read and hash
+// every changed file: most of the master's work per write) serve only a clone that is
+// joining. While every connected clone follows the journal, or none is connected, the watch
+// loop only collects the changed paths; it cuts them into operations as soon as a clone
+// connects (watchKick), and whenever a flush or a cut-over asks, so a joining clone's stream
+// is the same as in watch mode, only its first operations come later.
+func (m *Master) watcherIdle() bool {
+	if !m.cfg.Capture {
+		return false
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for c := range m.clones {
+		if !c.journal {
+			return false
+		}
+	}
+	return true
+}
+
+// kickWatcher wakes the watch loop (see watcherIdle).
+func (m *Master) kickWatcher() {
+	select {
+	case m.watchKick <- struct{}{}:
+	default:
 	}
 }
 

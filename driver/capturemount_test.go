@@ -22,17 +22,21 @@ import (
 	"github.com/bedrock-nomad/nomad-driver-bedrock/plugin"
 )
 
-// TestSyncerModeValidated: syncer.mode takes "", watch, async or sync; any
-// other value fails the task with a fatal error naming the option and the
-// values it takes.
+// TestSyncerModeValidated: syncer.mode takes "" (async, the default), watch,
+// async or sync; any other value fails the task with a fatal error naming the
+// option and the values it takes.
 func TestSyncerModeValidated(t *testing.T) {
 	for _, mode := range []string{"", "watch", "async", "sync"} {
 		tc, kind, err := decodeTaskConfig(mp(t, map[string]any{"syncer": map[string]any{"port": "sync", "mode": mode}}))
-		if err != nil || kind != kindSyncer || tc.Syncer.Mode != mode {
+		want := mode
+		if mode == "" {
+			want = "async"
+		}
+		if err != nil || kind != kindSyncer || tc.Syncer.Mode != want {
 			t.Errorf("mode %q: %v %v %+v", mode, kind, err, tc)
 			continue
 		}
-		if want := mode == "async" || mode == "sync"; tc.Syncer.capture() != want {
+		if want := mode != "watch"; tc.Syncer.capture() != want {
 			t.Errorf("mode %q: capture() = %v", mode, !want)
 		}
 	}
@@ -431,5 +435,30 @@ func TestCaptureMountPropagates(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(data, "x")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("x after the unmount: %v", err)
+	}
+}
+
+// TestSyncOptions: sync_acks and sync_timeout reach the syncer in sync mode,
+// are refused with a clear error out of range, and mean nothing (so are
+// refused) in the other modes.
+func TestSyncOptions(t *testing.T) {
+	tc, _, err := decodeTaskConfig(mp(t, map[string]any{"syncer": map[string]any{"port": "sync", "mode": "sync", "sync_acks": 2, "sync_timeout": "3s"}}))
+	if err != nil || tc.Syncer.SyncAcks != 2 || tc.Syncer.SyncTimeout != "3s" {
+		t.Fatalf("%v %+v", err, tc)
+	}
+	for _, bad := range []map[string]any{
+		{"mode": "sync", "sync_acks": -1},
+		{"mode": "sync", "sync_acks": 40},
+		{"mode": "sync", "sync_timeout": "soon"},
+		{"mode": "sync", "sync_timeout": "1ms"},
+		{"sync_acks": 2},
+		{"mode": "watch", "sync_timeout": "3s"},
+	} {
+		bad["port"] = "sync"
+		_, _, err := decodeTaskConfig(mp(t, map[string]any{"syncer": bad}))
+		var re *plugin.RecoverableError
+		if err == nil || !errors.As(err, &re) || re.Recoverable || !strings.Contains(err.Error(), "syncer.sync_") {
+			t.Errorf("%v: want a fatal error naming the option, got %v", bad, err)
+		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -334,6 +335,12 @@ func syncerArgs(s *settings, cfg *plugin.TaskConfig, sc *SyncerConfig, port plug
 			"-data", containerLocalDir+"/"+captureBackingDir,
 			"-capture-mount", containerAllocDir+"/"+captureDirName,
 			"-mode", sc.Mode)
+		if sc.SyncAcks > 0 {
+			args = append(args, "-sync-acks", strconv.FormatInt(sc.SyncAcks, 10))
+		}
+		if sc.SyncTimeout != "" {
+			args = append(args, "-sync-timeout", sc.SyncTimeout)
+		}
 	} else {
 		args = append(args, "-data", containerAllocDir+"/data")
 	}

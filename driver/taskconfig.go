@@ -88,11 +88,19 @@ type SyncerConfig struct {
 	// TTLs below their session_ttl_min (10s unless lowered).
 	SessionTTL string `msgpack:"session_ttl"`
 	LockDelay  string `msgpack:"lock_delay"`
-	// Mode is how the syncer learns the app's writes: "watch" (default)
-	// watches the data directory; "async" and "sync" capture every write
-	// through a FUSE mount at the data path (capturemount.go), "sync"
-	// also holding the app's fsync until clones have the data.
+	// Mode is how the syncer learns the app's writes: "async" (default)
+	// and "sync" capture every write through a FUSE mount at the data path
+	// (capturemount.go), so a clone only ever holds a state the master's
+	// disk passed through, "sync" also holding the app's fsync until
+	// clones have the data; "watch" watches the data directory (no FUSE
+	// needed, but a clone may hold files of different moments).
 	Mode string `msgpack:"mode"`
+	// SyncAcks is how many clones must hold an fsync before it returns in
+	// sync mode (default 1: with the master, a majority of three);
+	// SyncTimeout how long it waits for them before it fails with EIO
+	// (default 10s): an app then sees a disk error, not a false success.
+	SyncAcks    int64  `msgpack:"sync_acks"`
+	SyncTimeout string `msgpack:"sync_timeout"`
 }
 
 // The syncer's modes (syncer.mode).
@@ -108,14 +116,35 @@ func (c *SyncerConfig) capture() bool {
 	return c != nil && (c.Mode == syncerModeAsync || c.Mode == syncerModeSync)
 }
 
-// validateMode checks syncer.mode.
+// defaultSyncerMode is the mode of a syncer block that names none: crash-consistent
+// replicas without making the app wait (issue 16).
+const defaultSyncerMode = syncerModeAsync
+
+// validateMode checks syncer.mode and fills in the default.
 func (c *SyncerConfig) validateMode() error {
+	if c.Mode == "" {
+		c.Mode = defaultSyncerMode
+	}
 	switch c.Mode {
-	case "", syncerModeWatch, syncerModeAsync, syncerModeSync:
+	case syncerModeSync:
+		if c.SyncAcks < 0 || c.SyncAcks > 16 {
+			return fieldError("syncer.sync_acks", "%d: how many clones must hold an fsync, from 1 (the default) to the group's count minus one", c.SyncAcks)
+		}
+		if c.SyncTimeout != "" {
+			d, err := time.ParseDuration(c.SyncTimeout)
+			if err != nil || d < 100*time.Millisecond || d > 10*time.Minute {
+				return fieldError("syncer.sync_timeout", "%q: a Go duration from 100ms to 10m (default 10s), how long an fsync waits for the clones before it fails with EIO", c.SyncTimeout)
+			}
+		}
+		return nil
+	case syncerModeWatch, syncerModeAsync:
+		if c.SyncAcks != 0 || c.SyncTimeout != "" {
+			return fieldError("syncer.sync_acks/sync_timeout", "only mean something with mode = %q (the mode is %q)", syncerModeSync, c.Mode)
+		}
 		return nil
 	}
-	return fieldError("syncer.mode", "%q is not one of %q (default: replicate the data directory as a file watcher sees it), %q or %q (capture every write through a FUSE mount; %q also makes the app's fsync wait for the clones)",
-		c.Mode, syncerModeWatch, syncerModeAsync, syncerModeSync, syncerModeSync)
+	return fieldError("syncer.mode", "%q is not one of %q (the default: capture every write through a FUSE mount), %q (as async, and the app's fsync waits for the clones) or %q (replicate the data directory as a file watcher sees it; no FUSE needed)",
+		c.Mode, syncerModeAsync, syncerModeSync, syncerModeWatch)
 }
 
 // Kinds of task the schema describes.
@@ -187,6 +216,8 @@ func taskConfigSpec() *hclspec.Spec {
 			"session_ttl":  str("session_ttl"),
 			"lock_delay":   str("lock_delay"),
 			"mode":         str("mode"),
+			"sync_acks":    hclspec.Attr("sync_acks", "number"),
+			"sync_timeout": str("sync_timeout"),
 		})),
 	})
 }

@@ -97,6 +97,9 @@ job "bedrock-demo" {
           port         = "sync"
           metrics_port = "metrics"
           secret       = "${BEDROCK_SYNC_SECRET}"
+          # mode is left to its default, "async": every write of the app is
+          # captured in order through a FUSE mount, so a clone only ever holds
+          # a state the master's disk passed through.
           # Consul service of the app: master.bedrock-demo.service.consul
           service = "bedrock-demo"
           # Tags only the master carries, so Traefik routes to it alone.

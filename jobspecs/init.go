@@ -201,6 +201,11 @@ job {{q .Name}} {
           # Peers authenticate with a shared secret; keep it in a Nomad
           # variable and pass it through a template with env = true, e.g.
           # secret = "${BEDROCK_SYNC_SECRET}"
+          # How the app's writes reach the clones: "async" (the default)
+          # captures them in order through a FUSE mount (needs /dev/fuse on
+          # the node), "sync" also holds the app's fsync until a clone has
+          # the data, "watch" follows the directory with a file watcher.
+          # mode = "async"
         }
       }
 

@@ -71,9 +71,19 @@ type Options struct {
 	Count int
 	// JobspecHCL, under Nomad, is the job to submit instead of the built-in writer.
 	JobspecHCL string
-	// Mode is the syncer block's mode: "" (watch), "async" or "sync" (the app writes through
-	// the capture mount; each instance's copy is then the syncer's local/data).
+	// Mode is the syncer block's mode: "" or "watch" (the watcher's stream, which the failover
+	// suites were built on; the cluster writes it out, as the driver's default is async),
+	// "async" or "sync" (the app writes through the capture mount; each instance's copy is
+	// then the syncer's local/data). With a Jobspec, Mode says what its syncer block asks for.
 	Mode string
+}
+
+// mode is the mode the cluster's own jobspecs ask for.
+func (o Options) mode() string {
+	if o.Mode == "" {
+		return "watch"
+	}
+	return o.Mode
 }
 
 // capture tells whether the group runs in a capture mode.
@@ -481,9 +491,7 @@ func (a *Alloc) startSyncer(ctx context.Context) error {
 	if c.Opts.LockDelay != "" {
 		extra += fmt.Sprintf("\n  lock_delay = %q", c.Opts.LockDelay)
 	}
-	if c.Opts.Mode != "" {
-		extra += fmt.Sprintf("\n  mode = %q", c.Opts.Mode)
-	}
+	extra += fmt.Sprintf("\n  mode = %q", c.Opts.mode())
 	cfg := fmt.Sprintf("syncer {\n  port = \"sync\"\n  secret = %q\n  tags = [\"traefik.enable=true\"]%s\n}\n", c.secret, extra)
 	if js := c.Opts.Jobspec; js != nil {
 		cfg = js.SyncerConfig

@@ -130,9 +130,7 @@ func (b *nomadBackend) submit(ctx context.Context) error {
 		if c.Opts.LockDelay != "" {
 			extra += fmt.Sprintf("\n          lock_delay = %q", c.Opts.LockDelay)
 		}
-		if c.Opts.Mode != "" {
-			extra += fmt.Sprintf("\n          mode = %q", c.Opts.Mode)
-		}
+		extra += fmt.Sprintf("\n          mode = %q", c.Opts.mode())
 		src = fmt.Sprintf(writerJob, c.Opts.Job, c.Opts.Group, c.Opts.Count, c.secret, extra, c.image, c.LeaderKey, c.Opts.WriteEvery.String(),
 			c.Opts.App, c.appExtraArgs("${NOMAD_ADDR_http}"))
 	}

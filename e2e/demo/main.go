@@ -71,7 +71,9 @@ func demo(ctx context.Context, t testing.TB, fault cluster.Fault, keep, harness 
 	if err != nil {
 		return err
 	}
-	opts := cluster.Options{Jobspec: js, ImageAliases: []string{"bedrock-demo:latest"}}
+	// The shipped jobspec leaves syncer.mode to the driver's default: async, the app's writes
+	// captured through the FUSE mount.
+	opts := cluster.Options{Jobspec: js, ImageAliases: []string{"bedrock-demo:latest"}, Mode: "async"}
 	bin, nerr := nomad.Binary()
 	switch {
 	case harness:

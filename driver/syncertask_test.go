@@ -20,7 +20,8 @@ import (
 // the driver: the syncer task (a container of the plugin's own binary, in
 // the Consul mode) wins the election of its group on a real Consul, the
 // app task in the same allocation starts only then, the data the app
-// writes is in the shared data dir, and stopping the syncer stops the app.
+// writes is in the syncer's capture mount (the default mode), and stopping
+// the syncer stops the app.
 func TestSyncerTaskGatesTheApp(t *testing.T) {
 	requireDocker(t)
 	testutil.RequireConsul(t)
@@ -56,7 +57,9 @@ func TestSyncerTaskGatesTheApp(t *testing.T) {
 
 	// The lone instance is elected; its app starts and writes its data.
 	waitRunning(t, app, true, 30*time.Second)
-	proof := filepath.Join(app.SharedDataDir(), "proof")
+	// In the default mode (async) the app's data path is the capture mount the syncer serves at
+	// alloc/bedrock-live, which the node sees too.
+	proof := filepath.Join(filepath.Dir(app.SharedDataDir()), "bedrock-live", "proof")
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if b, err := os.ReadFile(proof); err == nil && string(b) == "written-by-master\n" {

@@ -150,6 +150,19 @@ func sqliteRun(t *testing.T, opts cluster.Options, n int) []int {
 		mix = slices.DeleteFunc(mix, func(f cluster.Fault) bool { return f == cluster.Partition })
 	}
 	c := cluster.Start(ctx, t, opts)
+	if opts.Mode != "" {
+		// The capture mount is served by the syncer's container, not the plugin: a crash of the
+		// master node's plugin and a restart of its Nomad agent leave the mount, the lock and the
+		// app's writes alone.
+		t.Run("plugin-crash", func(t *testing.T) {
+			pluginCrashKeepsTheLock(ctx, t, c)
+			checkCapture(ctx, t, c)
+		})
+		t.Run("agent-restart", func(t *testing.T) {
+			keepsTheLock(ctx, t, c, "client agent restart", (*cluster.Node).RestartAgent)
+			checkCapture(ctx, t, c)
+		})
+	}
 	var window []int
 	for i := 0; i < n; i++ {
 		f := mix[i%len(mix)]

@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/capture"
+	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/wire"
 )
 
 // capturePair is a capture-mode master serving backing through a capture mount at mnt, and
@@ -278,4 +279,77 @@ func TestSyncModeFsyncWaitsForTheClone(t *testing.T) {
 	}
 	t.Logf("fsync failed after %s: %v", time.Since(start).Round(time.Millisecond), err)
 	p.px.stalled.Store(false)
+}
+
+// TestWatcherIdlesWhileEveryCloneFollowsTheJournal: in a capture mode the watcher's operations
+// (a re-read and hash of every changed file) serve only a joining clone. While every clone
+// follows the journal the master makes none, and a clone that joins later still gets every
+// change made meanwhile.
+func TestWatcherIdlesWhileEveryCloneFollowsTheJournal(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	p := newCapturePair(ctx, t, MasterConfig{})
+	watcherOps := func(after uint64) int {
+		p.m.mu.Lock()
+		defer p.m.mu.Unlock()
+		n := 0
+		for _, o := range p.m.ops {
+			if o.seq > after && o.kind != wire.TJournal {
+				n++
+			}
+		}
+		return n
+	}
+	start := p.m.Position().Seq
+	for i := range 40 {
+		name := filepath.Join(p.mnt, fmt.Sprintf("f%02d", i%10))
+		if err := os.WriteFile(name, bytes.Repeat([]byte{byte('a' + i)}, 1000+i*100), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(p.mnt, "d", "e"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(p.mnt, "d", "e", "late"), []byte("made while the watcher idled"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	head := p.m.Position().Seq
+	waitUntil(t, 10*time.Second, "the journal clone caught up", func() bool { return p.c.Status().Position.Seq >= head })
+	time.Sleep(200 * time.Millisecond) // the watch loop's turn, had it one
+	if n := watcherOps(start); n != 0 {
+		t.Fatalf("the master made %d watcher operations while its only clone followed the journal", n)
+	}
+
+	// A second clone joins through the manifest and the watcher, then is cut over.
+	cdir := t.TempDir()
+	croot, err := os.OpenRoot(cdir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer croot.Close()
+	st, err := OpenState(croot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2 := NewClone(CloneConfig{Root: croot, MasterAddr: p.px.ln.Addr().String(), Secret: []byte("0123456789abcdef0123456789abcdef"), ID: "c2", State: st, Capture: true})
+	cctx, ccancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- c2.Run(cctx) }()
+	defer func() { ccancel(); <-done }()
+	waitUntil(t, 20*time.Second, "the second clone cut over to the journal", func() bool {
+		return p.m.JournalClones() == 2 && c2.Status().Synced && c2.Status().CaughtUp
+	})
+	for i := range 10 {
+		name := fmt.Sprintf("f%02d", i)
+		want, err := os.ReadFile(filepath.Join(p.mnt, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := os.ReadFile(filepath.Join(cdir, name)); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%s on the joining clone: %d bytes (%v), want %d", name, len(got), err, len(want))
+		}
+	}
+	if got, err := os.ReadFile(filepath.Join(cdir, "d", "e", "late")); err != nil || string(got) != "made while the watcher idled" {
+		t.Fatalf("d/e/late on the joining clone: %q %v", got, err)
+	}
 }

@@ -20,7 +20,9 @@ import (
 //
 // A clone still joins through the manifest and the watcher's operations (as in watch mode:
 // fast, and it converges whatever the app does meanwhile), but a copy built that way is a
-// mix of moments, so in capture mode it does not count as synced yet. Once it has caught up,
+// mix of moments, so in capture mode it does not count as synced yet. (While every connected
+// clone follows the journal the watcher only collects changed paths, and cuts them into
+// operations once a clone connects: see watcherIdle.) Once it has caught up,
 // its sender cuts it over to the journal: the mount is paused (no change can happen), the
 // watcher is made to hand over every event of the changes before the pause (a marker event
 // on the state directory, queued after them), the resulting operations are sent, and when

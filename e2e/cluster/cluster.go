@@ -62,6 +62,9 @@ type Options struct {
 	// per node, the job submitted through Nomad's API. Nodes then counts Nomad clients (default
 	// 4: a spare for replacements) and Count the group's instances (default 3).
 	Nomad bool
+	// WALAutocheckpoint, for AppSQLite, checkpoints the WAL into the database every so many
+	// pages (0: SQLite's default, 1000): a small value is a checkpoint-heavy load.
+	WALAutocheckpoint int
 	// App is the workload: AppWriter (default), AppSQLite or AppLedger.
 	App string
 	// StockConsul runs the Consul server with no extra configuration (its session_ttl_min

@@ -53,6 +53,9 @@ func must(ws []Write, _ error) []Write { return ws }
 // appExtraArgs are the workload's own arguments (HCL list items, each with a leading comma):
 // the writer serves its last write over HTTP on addr.
 func (c *Cluster) appExtraArgs(addr string) string {
+	if c.Opts.App == AppSQLite && c.Opts.WALAutocheckpoint > 0 {
+		return fmt.Sprintf(", \"-wal-autocheckpoint\", \"%d\"", c.Opts.WALAutocheckpoint)
+	}
 	if c.Opts.App == AppSQLite || c.Opts.App == AppLedger {
 		return ""
 	}

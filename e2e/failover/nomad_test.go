@@ -102,7 +102,8 @@ var captureRuns = flag.String("capture", "sqlite:async:7,ledger:sync:5",
 	"capture-mode runs, comma-separated app:mode:faults (app sqlite or ledger, mode async or sync; watch runs the same checks on the watcher's stream, as a control)")
 
 // TestCaptureUnderNomad runs the transactional apps with their writes going through the capture
-// mount (issue 16): SQLite (database + WAL) and our ledger (a log + an index that must agree).
+// mount (issue 16): SQLite (database + WAL, checkpoint-heavy) and our ledger (a log + an index
+// that must agree).
 // The clones follow the master's journal, so whatever the fault, the new master's files are a
 // state the old master's disk really held (integrity ok, no gap); in sync mode no committed
 // transaction (its fsync returned) is lost, in async mode the loss inside the last AckWindow
@@ -119,7 +120,9 @@ func TestCaptureUnderNomad(t *testing.T) {
 		}
 		app, mode := f[0], f[1]
 		t.Run(app+"-"+mode, func(t *testing.T) {
-			opts := cluster.Options{Nomad: true, App: app, Job: "capture-" + app, Mode: mode}
+			// SQLite checkpoints its WAL into the database every 16 pages (a few commits): the
+			// two files change together all the time.
+			opts := cluster.Options{Nomad: true, App: app, Job: "capture-" + app, Mode: mode, WALAutocheckpoint: 16}
 			if mode == "watch" {
 				opts.Mode = "" // the watcher's stream: the control run, which may fail
 			}

@@ -28,13 +28,18 @@ func sqliteWriter(args []string) int {
 	db := fs.String("db", "/data/app.db", "the database, in the replicated data dir")
 	witness := fs.String("witness", "/local/witness.log", "file outside the data dir that records every acknowledged commit")
 	every := fs.Duration("every", 5*time.Millisecond, "pause between commits")
+	checkpoint := fs.Int("wal-autocheckpoint", 0, "checkpoint the WAL into the database every N pages (SQLite's wal_autocheckpoint; 0: its default, 1000)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	term := readTerm(ctx, *consulAddr, *key)
-	conn, err := sql.Open("sqlite", "file:"+*db+"?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(5000)")
+	dsn := "file:" + *db + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(5000)"
+	if *checkpoint > 0 {
+		dsn += fmt.Sprintf("&_pragma=wal_autocheckpoint(%d)", *checkpoint)
+	}
+	conn, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sqlite:", err)
 		return 1

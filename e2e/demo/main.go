@@ -115,6 +115,7 @@ func demo(ctx context.Context, t testing.TB, fault cluster.Fault, keep, harness 
 	defer stopWriting()
 	go cl.run(wctx, 50*time.Millisecond)
 	step("writing a numbered file every 50 ms through the master, found in Consul as master.%s.service.consul", service)
+	step("the app writes into a FUSE mount its master's syncer serves (syncer.mode \"async\", the default): the clones apply its writes in the order it made them")
 	if err := sleep(ctx, 3*time.Second); err != nil {
 		return err
 	}

@@ -710,7 +710,11 @@ func (f *FS) fsynced(ctx context.Context, n *node, flags uint32) syscall.Errno {
 	}
 	f.mu.Unlock()
 	if ok && f.barrier != nil {
-		if err := f.barrier.WaitDurable(ctx, seq); err != nil {
+		// Not the request's context: the kernel interrupts a FUSE request whenever the
+		// caller's thread takes a signal (a Go runtime's preemption, a JVM's safepoint), and
+		// an fsync that failed for that would be an fsync a disk never fails. The barrier has
+		// its own timeout; a caller killed meanwhile is answered by nobody.
+		if err := f.barrier.WaitDurable(context.WithoutCancel(ctx), seq); err != nil {
 			return syscall.EIO
 		}
 	}

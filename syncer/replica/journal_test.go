@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
 
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/capture"
 	"github.com/bedrock-nomad/nomad-driver-bedrock/syncer/wire"
@@ -351,5 +353,62 @@ func TestWatcherIdlesWhileEveryCloneFollowsTheJournal(t *testing.T) {
 	}
 	if got, err := os.ReadFile(filepath.Join(cdir, "d", "e", "late")); err != nil || string(got) != "made while the watcher idled" {
 		t.Fatalf("d/e/late on the joining clone: %q %v", got, err)
+	}
+}
+
+// TestSyncModeFsyncIgnoresSignals: a signal to the thread waiting in fsync (the Go runtime's
+// preemption signal here; a JVM's safepoints do the same) makes the kernel interrupt the FUSE
+// request. A disk's fsync does not fail for that, so the mount's must not either: before the
+// fix the ledger app failed with EIO within a second of sync mode.
+func TestSyncModeFsyncIgnoresSignals(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	p := newCapturePair(ctx, t, MasterConfig{SyncAcks: 1})
+	f, err := os.OpenFile(filepath.Join(p.mnt, "db"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tid := make(chan int, 1)
+	errs := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		tid <- unix.Gettid()
+		for i := range 40 {
+			if _, err := f.WriteAt([]byte(strconv.Itoa(i)), 0); err != nil {
+				errs <- err
+				return
+			}
+			if i%10 == 0 {
+				p.px.stalled.Store(true) // the next fsyncs wait a while for the clone
+				go func() { time.Sleep(100 * time.Millisecond); p.px.stalled.Store(false) }()
+			}
+			if err := unix.Fdatasync(int(f.Fd())); err != nil {
+				errs <- fmt.Errorf("fdatasync %d: %w", i, err)
+				return
+			}
+		}
+		errs <- nil
+	}()
+	thread := <-tid
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	sent := 0
+	for {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Fatalf("%v (after %d signals to the thread)", err, sent)
+			}
+			if sent == 0 {
+				t.Fatal("no signal was sent")
+			}
+			return
+		case <-tick.C:
+			if unix.Tgkill(os.Getpid(), thread, unix.SIGURG) == nil {
+				sent++
+			}
+		}
 	}
 }

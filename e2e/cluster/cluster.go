@@ -16,7 +16,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -735,7 +737,7 @@ func (c *Cluster) WaitMaster(ctx context.Context, after uint64, timeout time.Dur
 			return s, nil
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("no master serving at a term above %d within %s; holder history: %s", after, timeout, c.history.String())
+			return nil, fmt.Errorf("no master serving at a term above %d within %s; holder history: %s; the apps' last words:%s", after, timeout, c.history.String(), c.appTails())
 		}
 		select {
 		case <-ctx.Done():
@@ -743,6 +745,27 @@ func (c *Cluster) WaitMaster(ctx context.Context, after uint64, timeout time.Dur
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// appTails returns the last lines each allocation's app wrote to stderr (under Nomad), so a
+// failure says why no app served.
+func (c *Cluster) appTails() string {
+	var b strings.Builder
+	for _, n := range c.Nodes {
+		for _, a := range n.Allocs() {
+			files, _ := filepath.Glob(filepath.Join(a.Dir, "alloc", "logs", "app.stderr.*"))
+			sort.Strings(files)
+			if len(files) == 0 {
+				continue
+			}
+			data, err := os.ReadFile(files[len(files)-1])
+			if err != nil || len(data) == 0 {
+				continue
+			}
+			fmt.Fprintf(&b, "\n  %s/%s: %s", n.Name, a.ID[:8], tailLines(string(data), 3))
+		}
+	}
+	return b.String()
 }
 
 // Serving is a master that wrote.

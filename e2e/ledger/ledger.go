@@ -12,10 +12,12 @@
 package ledger
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"strconv"
 	"strings"
 	"time"
@@ -81,9 +83,9 @@ func DecodeIndex(b []byte) (Index, error) {
 }
 
 // AppendRecord appends a record's line to b. The padding (its length derived from the id,
-// 32 bytes to 1 KiB) makes records straddle page boundaries.
+// 16 to 271 bytes) makes records straddle page boundaries.
 func AppendRecord(b []byte, r Record) []byte {
-	pad := int(r.ID*7919%1000) + 32 //nolint:gosec // bounded
+	pad := int(r.ID*7919%256) + 16 //nolint:gosec // bounded
 	b = fmt.Appendf(b, "r id=%d term=%d writer=%s at=%d pad=", r.ID, r.Term, r.Writer, r.At.UnixNano())
 	for i := 0; i < pad; i++ {
 		b = append(b, byte('a'+(int(r.ID)+i)%26)) //nolint:gosec // a letter
@@ -97,37 +99,56 @@ var ErrInconsistent = errors.New("ledger inconsistent")
 // Verify checks a log against its index and returns the committed records. The bytes of the
 // log past the index are an uncommitted tail (a crash between the two writes) and ignored.
 func Verify(log, idx []byte) ([]Record, Index, error) {
+	var recs []Record
+	x, err := Check(bytes.NewReader(log), int64(len(log)), idx, func(r Record) { recs = append(recs, r) })
+	return recs, x, err
+}
+
+// Check is Verify reading the log as a stream, holding one record at a time (the app checks
+// its files at every start, within its memory limit); each, if not nil, gets every
+// committed record in order.
+func Check(log io.Reader, logSize int64, idx []byte, each func(Record)) (Index, error) {
 	x, err := DecodeIndex(idx)
 	if err != nil {
-		return nil, x, fmt.Errorf("%w: %w", ErrInconsistent, err)
+		return x, fmt.Errorf("%w: %w", ErrInconsistent, err)
 	}
-	if x.Len > int64(len(log)) {
-		return nil, x, fmt.Errorf("%w: the index commits %d bytes of a %d-byte log", ErrInconsistent, x.Len, len(log))
+	if x.Len > logSize {
+		return x, fmt.Errorf("%w: the index commits %d bytes of a %d-byte log", ErrInconsistent, x.Len, logSize)
 	}
-	prefix := log[:x.Len]
-	if got := Update(0, prefix); got != x.CRC {
-		return nil, x, fmt.Errorf("%w: the log's first %d bytes have CRC %08x, the index says %08x", ErrInconsistent, x.Len, got, x.CRC)
-	}
-	var recs []Record
-	for len(prefix) > 0 {
-		line, rest, ok := bytes.Cut(prefix, []byte{'\n'})
-		if !ok {
-			return recs, x, fmt.Errorf("%w: the committed log ends inside a record", ErrInconsistent)
+	r := bufio.NewReaderSize(io.LimitReader(log, x.Len), 64<<10)
+	var crc uint32
+	var n uint64
+	for {
+		line, err := r.ReadSlice('\n')
+		crc = Update(crc, line)
+		if errors.Is(err, io.EOF) {
+			if len(line) > 0 {
+				return x, fmt.Errorf("%w: the committed log ends inside a record", ErrInconsistent)
+			}
+			break
 		}
-		prefix = rest
-		r, err := parseRecord(string(line))
 		if err != nil {
-			return recs, x, fmt.Errorf("%w: record %d: %w", ErrInconsistent, len(recs)+1, err)
+			return x, fmt.Errorf("%w: reading the log: %w", ErrInconsistent, err)
 		}
-		if r.ID != uint64(len(recs))+1 {
-			return recs, x, fmt.Errorf("%w: record %d has id %d", ErrInconsistent, len(recs)+1, r.ID)
+		rec, err := parseRecord(string(line[:len(line)-1]))
+		if err != nil {
+			return x, fmt.Errorf("%w: record %d: %w", ErrInconsistent, n+1, err)
 		}
-		recs = append(recs, r)
+		if rec.ID != n+1 {
+			return x, fmt.Errorf("%w: record %d has id %d", ErrInconsistent, n+1, rec.ID)
+		}
+		n++
+		if each != nil {
+			each(rec)
+		}
 	}
-	if uint64(len(recs)) != x.Count {
-		return recs, x, fmt.Errorf("%w: the index counts %d records, the log holds %d", ErrInconsistent, x.Count, len(recs))
+	if crc != x.CRC {
+		return x, fmt.Errorf("%w: the log's first %d bytes have CRC %08x, the index says %08x", ErrInconsistent, x.Len, crc, x.CRC)
 	}
-	return recs, x, nil
+	if n != x.Count {
+		return x, fmt.Errorf("%w: the index counts %d records, the log holds %d", ErrInconsistent, x.Count, n)
+	}
+	return x, nil
 }
 
 func parseRecord(line string) (Record, error) {

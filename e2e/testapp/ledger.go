@@ -77,23 +77,26 @@ type ledgerFiles struct {
 	buf      []byte
 }
 
+// openLedger verifies the pair as a stream (the log outgrows the app's memory limit over a
+// long run) and opens both for writing.
 func openLedger(dir string) (*ledgerFiles, error) {
-	logB, err := os.ReadFile(filepath.Join(dir, ledger.LogFile)) //nolint:gosec // the app's own file
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("reading the log: %w", err)
-	}
 	idxB, err := os.ReadFile(filepath.Join(dir, ledger.IndexFile)) //nolint:gosec // the app's own file
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("reading the index: %w", err)
 	}
-	_, x, err := ledger.Verify(logB, idxB)
-	if err != nil {
-		return nil, err
-	}
-	l := &ledgerFiles{x: x}
+	l := &ledgerFiles{}
 	if l.log, err = os.OpenFile(filepath.Join(dir, ledger.LogFile), os.O_RDWR|os.O_CREATE, 0o644); err != nil { //nolint:gosec // test app
 		return nil, fmt.Errorf("opening the log: %w", err)
 	}
+	st, err := l.log.Stat()
+	if err == nil {
+		l.x, err = ledger.Check(l.log, st.Size(), idxB, nil)
+	}
+	if err != nil {
+		_ = l.log.Close()
+		return nil, err
+	}
+	x := l.x
 	if l.idx, err = os.OpenFile(filepath.Join(dir, ledger.IndexFile), os.O_RDWR|os.O_CREATE, 0o644); err != nil { //nolint:gosec // test app
 		_ = l.log.Close()
 		return nil, fmt.Errorf("opening the index: %w", err)

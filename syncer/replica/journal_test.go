@@ -111,7 +111,11 @@ func (p *capturePair) stableClone(t *testing.T) {
 func TestJournalCloneOnlyHoldsStatesTheMasterHad(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	p := newCapturePair(ctx, t, MasterConfig{})
+	// The writer runs flat out and the proxy holds the clone back: with the default 64 MiB
+	// log a loaded machine pushes the clone off the log (a resync, not promotable, so not what
+	// this test checks) often enough to leave too few checks. A bigger log keeps it on the
+	// journal; the ops are dropped as it acknowledges them.
+	p := newCapturePair(ctx, t, MasterConfig{LogBytes: 1 << 30})
 
 	const width = 16
 	put := func(f *os.File, i int) error {
